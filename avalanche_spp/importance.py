@@ -1,0 +1,421 @@
+"""Label-free parameter importance of Soft Parameter Pruning (SPP), in plain PyTorch.
+
+Peng et al., "Overcome Catastrophic Forgetting by Soft Parameter Pruning", arXiv 1812.01640,
+Sec. 3.1 (eqs. 2-3). After a task, SPP asks for every weight ``W_k``: how much would the entropy of
+the model's output distribution, ``H(q) = -sum_c q_c log q_c``, change if this weight were pruned
+(``delta W_k = -W_k``)? A second-order Taylor expansion, with the Hessian diagonal replaced by the
+diagonal Fisher (squared gradients), gives::
+
+    Omega_k = max(0, -g_k * W_k + 1/2 * W_k**2 * F_kk)      g = dH/dW,  F_kk ~ E[g_k**2]
+
+No label is used anywhere: ``H`` depends on the inputs and the model only. Omega is an average over
+samples (``g`` is the gradient of the mean entropy), so it does not depend on the batch size.
+
+This module imports nothing from Avalanche, so the generative code and the tests use it directly.
+The Avalanche glue lives in :mod:`avalanche_spp.plugin`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+log = logging.getLogger(__name__)
+
+FISHER_ESTIMATES = ("per_sample", "batch")
+HESSIANS = ("fisher", "exact")
+FIRST_ORDER_SIGNS = ("paper", "authors")
+NORMALIZATIONS = (None, "max", "softmax")
+
+#: The largest number of trainable scalars for which ``hessian="exact"`` is allowed.
+EXACT_HESSIAN_MAX_PARAMS = 20_000
+#: Per-sample gradients held at once by the ``"per_sample"`` estimate (chunk size x parameters).
+_PER_SAMPLE_BUDGET = 2**25
+
+ForwardFn = Callable[..., Tensor]
+EntropyFn = Callable[[Tensor], Tensor]
+
+
+def categorical_entropy(logits: Tensor) -> Tensor:
+    """Entropy of the softmax distribution of ``logits`` over the last dimension.
+
+    Uses ``log_softmax`` (never ``log(softmax)``), so saturated logits give a finite entropy.
+
+    Args:
+        logits: ``(B, C)`` or ``(B, ..., C)``.
+
+    Returns:
+        ``(B,)``: ``H(q) = -sum_c q_c log q_c``, summed over any dimensions between batch and class.
+    """
+    logq = torch.log_softmax(logits, dim=-1)
+    entropy = -(logq.exp() * logq).sum(dim=-1)
+    return entropy.reshape(entropy.shape[0], -1).sum(dim=1) if entropy.dim() > 1 else entropy
+
+
+def bernoulli_entropy(logits: Tensor) -> Tensor:
+    """Entropy of independent Bernoulli outputs (e.g. a VAE decoder's pixels), from their logits.
+
+    ``H = -p log p - (1 - p) log(1 - p)`` with ``p = sigmoid(l)``, written with ``softplus`` so it is
+    finite for any logit: ``H = p * softplus(-l) + (1 - p) * softplus(l)``.
+
+    Args:
+        logits: ``(B, ...)``.
+
+    Returns:
+        ``(B,)``: the entropy summed over every non-batch dimension.
+    """
+    p = torch.sigmoid(logits)
+    entropy = p * nn.functional.softplus(-logits) + (1 - p) * nn.functional.softplus(logits)
+    return entropy.reshape(entropy.shape[0], -1).sum(dim=1)
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters SPP measures and penalises: those with ``requires_grad``.
+
+    Buffers (BatchNorm running statistics) and frozen parameters get no importance.
+    """
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def entropy_importance(
+    model: nn.Module,
+    batches: Iterable[Any],
+    forward: ForwardFn | None = None,
+    *,
+    fisher: str = "per_sample",
+    hessian: str = "fisher",
+    first_order: str = "paper",
+    normalize: str | None = None,
+    beta: float = 1.0,
+    clamp: bool = True,
+    entropy_fn: EntropyFn | None = None,
+    max_batches: int | None = None,
+    all_reduce: Callable[[Tensor], Any] | None = None,
+) -> dict[str, Tensor]:
+    """SPP importance ``Omega`` (paper eq. 3) of every trainable parameter, without labels.
+
+    The model is put in eval mode for the pass (dropout off, BatchNorm statistics frozen) and its
+    previous per-module modes are restored afterwards.
+
+    Args:
+        model: any ``nn.Module``.
+        batches: iterable of items. An item is an input tensor ``x`` of shape ``(B, ...)``, or a tuple
+            whose tensor entries share their first dimension ``B`` and whose other entries (an ``int``
+            task id, say) are passed through unchanged. Labels must not be part of an item.
+        forward: ``forward(model, *item) -> output``; defaults to ``model(*item)``. Multi-head models
+            pass e.g. ``lambda m, x, t: m.forward_single_task(x, t)``. With ``fisher="per_sample"`` it
+            runs under ``torch.func.vmap``: no data-dependent Python control flow inside.
+        fisher: ``"per_sample"``: ``F = mean_n g_n**2`` over samples (the diagonal empirical Fisher of
+            the entropy, via ``torch.func``); ``"batch"``: ``F = mean_b (mean_{n in b} g_n)**2``, the
+            squared gradient of each mini-batch mean (cheaper, what the authors' TensorFlow code did;
+            it shrinks as the batch grows).
+        hessian: ``"fisher"`` (the paper) or ``"exact"``: the true diagonal of the Hessian of the mean
+            entropy by double backward, for small models only (tests check the estimate with it).
+        first_order: ``"paper"``: ``-g * W`` (the derivation, ``delta W = -W``); ``"authors"``: ``+g * W``
+            as in the authors' released code.
+        normalize: ``None``; ``"max"``: each tensor divided by its maximum; ``"softmax"``: the authors'
+            sharpening ``exp(beta * Omega) / sum(exp(beta * Omega))`` within each tensor.
+        beta: sharpness of the ``"softmax"`` normalisation (> 0).
+        clamp: apply ``max(0, .)``. ``False`` returns the raw Taylor estimate of the entropy change.
+        entropy_fn: ``entropy_fn(output) -> (B,)`` per-sample entropy; defaults to
+            :func:`categorical_entropy` of logits. VAEs use :func:`bernoulli_entropy`.
+        max_batches: use at most this many items of ``batches``.
+        all_reduce: in a multi-process run, a function that sums a tensor in place across
+            processes (e.g. ``torch.distributed.all_reduce``). Each process passes its shard of the
+            data; the sums of ``g``, of the curvature and the sample count are reduced before
+            averaging, so every process gets the ``Omega`` of the whole data.
+
+    Returns:
+        ``{name: Omega}`` with ``Omega`` shaped like the parameter, for every parameter with
+        ``requires_grad``, on the parameter's device.
+
+    Raises:
+        ValueError: an unknown option, no trainable parameter, no sample, or a non-finite importance
+            (a diverged model: the importance is refused rather than poisoning the penalty).
+    """
+    check_choice("fisher", fisher, FISHER_ESTIMATES)
+    check_choice("hessian", hessian, HESSIANS)
+    check_choice("first_order", first_order, FIRST_ORDER_SIGNS)
+    check_choice("normalize", normalize, NORMALIZATIONS)
+    if not isinstance(beta, (int, float)) or not beta > 0 or beta != beta:
+        raise ValueError(f"beta must be a positive number, got {beta!r}")
+    if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("the model has no trainable parameter (requires_grad=True): nothing to measure")
+    n_scalars = sum(p.numel() for p in params.values())
+    if hessian == "exact" and n_scalars > EXACT_HESSIAN_MAX_PARAMS:
+        raise ValueError(
+            f'hessian="exact" needs one backward pass per parameter: the model has {n_scalars} '
+            f'trainable scalars (limit {EXACT_HESSIAN_MAX_PARAMS}); use hessian="fisher"'
+        )
+    forward = forward or _call_model
+    entropy_fn = entropy_fn or categorical_entropy
+    device = next(iter(params.values())).device
+
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        grad_sum = {n: torch.zeros_like(p, dtype=_acc_dtype(p)) for n, p in params.items()}
+        curv_sum = {n: torch.zeros_like(p, dtype=_acc_dtype(p)) for n, p in params.items()}
+        n_samples = 0
+        for index, item in enumerate(batches):
+            if max_batches is not None and index >= max_batches:
+                break
+            inputs = _to_device(_as_tuple(item), device)
+            batch_size = _batch_size(inputs)
+            if batch_size == 0:
+                continue
+            if hessian == "exact":
+                g, curv = _exact_terms(model, params, forward, entropy_fn, inputs)
+            elif fisher == "per_sample":
+                g, curv = _per_sample_terms(model, params, forward, entropy_fn, inputs, n_scalars)
+            else:
+                g, curv = _batch_terms(model, params, forward, entropy_fn, inputs)
+            for name in params:
+                grad_sum[name] += g[name]
+                curv_sum[name] += curv[name]
+            n_samples += batch_size
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+    if all_reduce is not None:
+        count = torch.tensor([float(n_samples)], device=device)
+        for tensor in (*grad_sum.values(), *curv_sum.values(), count):
+            all_reduce(tensor)
+        n_samples = int(count.item())
+    if n_samples == 0:
+        raise ValueError("no input sample to measure importance on: the batches were empty")
+
+    sign = -1.0 if first_order == "paper" else 1.0
+    omega = {}
+    with torch.no_grad():
+        for name, p in params.items():
+            w = p.detach().to(_acc_dtype(p))
+            g_mean = grad_sum[name] / n_samples
+            curvature = curv_sum[name] / n_samples
+            value = sign * g_mean * w + 0.5 * w * w * curvature
+            if clamp:
+                value = value.clamp_min(0.0)
+            if not torch.isfinite(value).all():
+                raise ValueError(
+                    f"importance of {name!r} has NaN or Inf values: the model's outputs or weights "
+                    "are not finite (a diverged model?). Refusing to use it as a penalty."
+                )
+            omega[name] = _normalize(value, normalize, beta).to(p.dtype)
+    return omega
+
+
+def spp_penalty(params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Sequence[Tensor]) -> Tensor:
+    """The SPP regulariser without its strength (paper eq. 5): ``sum_k Omega_k (W_k - W*_k)**2``.
+
+    This runs at every training step, so it is one autograd node over all tensors built from fused
+    multi-tensor kernels (``torch._foreach_*``), not a Python loop of small ops per parameter: the
+    forward pass reads each tensor a constant number of times and the backward pass is a single
+    ``2 * Omega * (W - W*)`` kept from the forward (``benchmarks/penalty_speed.py`` measures it).
+
+    Args:
+        params: current weights ``W`` (tensors of any shapes).
+        anchors: ``W*``, the weights after the previous task, shaped like ``params``.
+        omegas: accumulated importance ``Omega >= 0``, shaped like ``params``.
+
+    Returns:
+        A scalar tensor; its gradient w.r.t. each ``W`` is ``2 * Omega * (W - W*)``.
+    """
+    if not (len(params) == len(anchors) == len(omegas)):
+        raise ValueError(
+            f"params, anchors and omegas must have the same length, got "
+            f"{len(params)}, {len(anchors)}, {len(omegas)}"
+        )
+    if not params:
+        raise ValueError("spp_penalty needs at least one parameter")
+    for p, a, o in zip(params, anchors, omegas, strict=True):
+        if p.shape != a.shape or p.shape != o.shape:
+            raise ValueError(
+                f"shape mismatch in spp_penalty: weight {tuple(p.shape)}, anchor "
+                f"{tuple(a.shape)}, omega {tuple(o.shape)}"
+            )
+    return _WeightedSquaredDistance.apply(list(anchors), list(omegas), *params)
+
+
+class _WeightedSquaredDistance(torch.autograd.Function):
+    """``sum_k Omega_k (W_k - W*_k)**2`` over lists of tensors; gradient ``2 Omega (W - W*)``."""
+
+    @staticmethod
+    def forward(ctx: Any, anchors: list[Tensor], omegas: list[Tensor], *params: Tensor) -> Tensor:
+        diffs = torch._foreach_sub(list(params), anchors)  # W - W*
+        weighted = torch._foreach_mul(diffs, omegas)  # Omega (W - W*)
+        torch._foreach_mul_(diffs, weighted)  # Omega (W - W*)^2 >= 0, so its L1 norm is its sum
+        value = torch.stack(torch._foreach_norm(diffs, 1)).sum()
+        ctx.save_for_backward(*weighted)
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple:
+        weighted = ctx.saved_tensors
+        return (None, None, *torch._foreach_mul(list(weighted), 2.0 * grad_output))
+
+
+def check_choice(name: str, value: Any, allowed: tuple) -> None:
+    """Raise ``ValueError`` naming the allowed values unless ``value`` is one of them."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _call_model(model: nn.Module, *inputs: Any) -> Tensor:
+    return model(*inputs)
+
+
+def _as_tuple(item: Any) -> tuple:
+    if isinstance(item, Tensor):
+        return (item,)
+    if isinstance(item, (tuple, list)):
+        return tuple(item)
+    raise ValueError(f"each item of batches must be a Tensor or a tuple of inputs, got {type(item).__name__}")
+
+
+def _to_device(inputs: tuple, device: torch.device) -> tuple:
+    return tuple(x.to(device) if isinstance(x, Tensor) else x for x in inputs)
+
+
+def _batch_size(inputs: tuple) -> int:
+    sizes = {x.shape[0] for x in inputs if isinstance(x, Tensor)}
+    if len(sizes) != 1:
+        raise ValueError(
+            "an item of batches must hold at least one tensor, and all its tensors must share "
+            f"their first (batch) dimension; got first dimensions {sorted(sizes)}"
+        )
+    return sizes.pop()
+
+
+def _batch_terms(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    forward: ForwardFn,
+    entropy_fn: EntropyFn,
+    inputs: tuple,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Sum over the batch of ``g_n`` and ``B * (mean_n g_n)**2`` (the authors' batch Fisher)."""
+    batch_size = _batch_size(inputs)
+    entropy = _checked_entropy(entropy_fn, forward(model, *inputs), batch_size)
+    grads = torch.autograd.grad(entropy.mean(), list(params.values()), allow_unused=True)
+    g_sum, curv_sum = {}, {}
+    for (name, p), g in zip(params.items(), grads, strict=True):
+        g = torch.zeros_like(p) if g is None else g.detach()
+        g = g.to(_acc_dtype(p))
+        g_sum[name] = g * batch_size
+        curv_sum[name] = g * g * batch_size
+    return g_sum, curv_sum
+
+
+def _per_sample_terms(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    forward: ForwardFn,
+    entropy_fn: EntropyFn,
+    inputs: tuple,
+    n_scalars: int,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Sum over the batch of per-sample ``g_n`` and ``g_n**2``, with ``torch.func.vmap``."""
+    wrapper = _ForwardModule(model, forward)
+    detached = {"model." + name: p.detach() for name, p in params.items()}
+    tensor_positions = [i for i, x in enumerate(inputs) if isinstance(x, Tensor)]
+
+    def sample_entropy(weights: dict[str, Tensor], *sample: Tensor) -> Tensor:
+        args = list(inputs)
+        for position, x in zip(tensor_positions, sample, strict=True):
+            args[position] = x.unsqueeze(0)
+        output = functional_call(wrapper, weights, tuple(args))
+        return _checked_entropy(entropy_fn, output, 1)[0]
+
+    batch_size = _batch_size(inputs)
+    chunk = max(1, min(batch_size, _PER_SAMPLE_BUDGET // max(n_scalars, 1)))
+    per_sample_grad = vmap(
+        grad(sample_entropy),
+        in_dims=(None, *([0] * len(tensor_positions))),
+        chunk_size=chunk,
+    )
+    grads = per_sample_grad(detached, *[inputs[i] for i in tensor_positions])
+    g_sum, curv_sum = {}, {}
+    for name, p in params.items():
+        g = grads["model." + name].to(_acc_dtype(p))  # (B, *param.shape)
+        g_sum[name] = g.sum(dim=0)
+        curv_sum[name] = (g * g).sum(dim=0)
+    return g_sum, curv_sum
+
+
+def _exact_terms(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    forward: ForwardFn,
+    entropy_fn: EntropyFn,
+    inputs: tuple,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Sum over the batch of ``g_n`` and of the exact Hessian diagonal ``d2 H_n / dW_k**2``."""
+    batch_size = _batch_size(inputs)
+    entropy = _checked_entropy(entropy_fn, forward(model, *inputs), batch_size).sum()
+    tensors = list(params.values())
+    grads = torch.autograd.grad(entropy, tensors, create_graph=True, allow_unused=True)
+    g_sum, curv_sum = {}, {}
+    for (name, p), g in zip(params.items(), grads, strict=True):
+        diagonal = torch.zeros(p.numel(), dtype=_acc_dtype(p), device=p.device)
+        if g is None or not g.requires_grad:
+            g_sum[name] = torch.zeros_like(p, dtype=_acc_dtype(p))
+            curv_sum[name] = diagonal.view_as(p)
+            continue
+        flat = g.reshape(-1)
+        for k in range(flat.numel()):
+            (second,) = torch.autograd.grad(flat[k], p, retain_graph=True, allow_unused=True)
+            if second is not None:
+                diagonal[k] = second.reshape(-1)[k]
+        g_sum[name] = g.detach().to(_acc_dtype(p))
+        curv_sum[name] = diagonal.view_as(p)
+    return g_sum, curv_sum
+
+
+def _acc_dtype(p: Tensor) -> torch.dtype:
+    """Accumulate in float64 for float64 models, else in float32 (also for half precision)."""
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+
+def _checked_entropy(entropy_fn: EntropyFn, output: Tensor, batch_size: int) -> Tensor:
+    if not isinstance(output, Tensor):
+        raise ValueError(
+            "forward must return a tensor of logits (B, ..., C); got "
+            f"{type(output).__name__}. Wrap the model's call in `forward` to select the logits."
+        )
+    entropy = entropy_fn(output)
+    if entropy.shape != (batch_size,):
+        raise ValueError(
+            f"entropy_fn must return one entropy per sample, shape ({batch_size},), got "
+            f"{tuple(entropy.shape)}"
+        )
+    return entropy
+
+
+def _normalize(omega: Tensor, normalize: str | None, beta: float) -> Tensor:
+    if normalize is None:
+        return omega
+    if normalize == "max":
+        peak = omega.max()
+        return omega / peak if peak > 0 else omega
+    flat = torch.softmax(beta * omega.reshape(-1), dim=0)
+    return flat.view_as(omega)
+
+
+class _ForwardModule(nn.Module):
+    """Lets ``functional_call`` swap the weights of ``model`` under an arbitrary ``forward``."""
+
+    def __init__(self, model: nn.Module, forward: ForwardFn) -> None:
+        super().__init__()
+        self.model = model
+        self._forward_fn = forward
+
+    def forward(self, *inputs: Any) -> Tensor:
+        return self._forward_fn(self.model, *inputs)

@@ -1,0 +1,340 @@
+"""The paper's continual-learning metrics, as pure functions of the accuracy matrix.
+
+Peng et al., "Overcome Catastrophic Forgetting by Soft Parameter Pruning", arXiv 1812.01640,
+eqs. 6-9 (ACC, FWT, BWT after Lopez-Paz & Ranzato's GEM paper; SMT is the paper's own).
+
+With ``T`` tasks, the accuracy matrix ``P`` has shape ``(T, T)`` and ``P[j][i]`` is the test accuracy
+(a fraction in ``[0, 1]``) on task ``i`` after training task ``j``. Indices here are 0-based; the
+paper's are 1-based, so its ``P_{T,i}`` is ``P[T-1][i]`` here. Entries above the diagonal
+(``i > j``: tasks not trained yet) may be measured or ``NaN``; no metric reads them::
+
+    ACC = 1/T     * sum_{i<T}   P[T-1][i]                       (eq. 6, higher is better)
+    FWT = 1/(T-1) * sum_{i<T-1} (P[i][i] - m_i)                 (eq. 7, higher is better)
+    BWT = 1/(T-1) * sum_{i<T-1} (P[T-1][i] - P[i][i])           (eq. 8, higher is better)
+    SMT = 1/(T-1) * sum_{j<T-1} D_j,  D_j = Var(P[j:, j])       (eq. 9, lower is more stable)
+
+``m_i`` is the test accuracy on task ``i`` of joint training on all tasks (the ``joint`` baseline).
+
+This module needs numpy only; :func:`accuracy_matrix_from_avalanche` reads the plain dictionary
+that Avalanche's ``EvaluationPlugin.get_all_metrics()`` returns, without importing Avalanche.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+#: The metric names, in the order of the paper's tables.
+METRIC_NAMES = ("acc", "bwt", "fwt", "smt")
+
+ArrayLike = Sequence[Sequence[float]] | np.ndarray
+
+
+def _as_accuracy_matrix(accuracy_matrix: ArrayLike) -> np.ndarray:
+    """Return ``accuracy_matrix`` as a float ``(T, T)`` array, or raise ``ValueError``.
+
+    Only the shape is checked here; each metric checks the entries it reads (see ``_checked``).
+    ``None`` entries (JSON's ``null``) become ``NaN``.
+    """
+    try:
+        matrix = np.asarray(accuracy_matrix, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"accuracy_matrix must be a (T, T) array of accuracies in [0, 1], with T the number of "
+            f"tasks; could not convert it to floats: {err}"
+        ) from err
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
+        raise ValueError(
+            f"accuracy_matrix must be a square (T, T) array with T >= 1 (P[j][i] = accuracy on task "
+            f"i after training task j); got shape {matrix.shape}"
+        )
+    return matrix
+
+
+def _checked(values: np.ndarray, names: list[str], what: str) -> np.ndarray:
+    """Raise ``ValueError`` unless every value is a finite fraction in ``[0, 1]``.
+
+    Args:
+        values: ``(N,)`` the entries a metric reads.
+        names: ``N`` labels for the error message, e.g. ``"P[2][0]"``.
+        what: the metric or argument, for the error message.
+    """
+    bad = [
+        f"{name}={value!r}"
+        for name, value in zip(names, values.tolist(), strict=True)
+        if not (np.isfinite(value) and 0.0 <= value <= 1.0)
+    ]
+    if bad:
+        hint = ""
+        if any(np.isfinite(v) and 1.0 < v <= 100.0 for v in values.tolist()):
+            hint = " (values above 1 look like percentages: divide by 100)"
+        raise ValueError(
+            f"{what} needs finite accuracies as fractions in [0, 1]; got {', '.join(bad)}{hint}"
+        )
+    return values
+
+
+def _last_row(matrix: np.ndarray) -> np.ndarray:
+    """``(T,)`` accuracies on every task after the last one, ``P[T-1][:]``, checked."""
+    t = matrix.shape[0]
+    return _checked(matrix[t - 1], [f"P[{t - 1}][{i}]" for i in range(t)], "the last row of P")
+
+
+def _diagonal(matrix: np.ndarray) -> np.ndarray:
+    """``(T,)`` accuracies on each task right after learning it, ``P[i][i]``, checked."""
+    t = matrix.shape[0]
+    return _checked(np.diag(matrix).copy(), [f"P[{i}][{i}]" for i in range(t)], "the diagonal of P")
+
+
+def average_accuracy(accuracy_matrix: ArrayLike) -> float:
+    """Average accuracy ACC (paper eq. 6): the mean accuracy over all tasks after the last one.
+
+    ``ACC = 1/T * sum_i P[T-1][i]``. Defined for any ``T >= 1``.
+
+    Args:
+        accuracy_matrix: ``(T, T)``, ``P[j][i]`` = test accuracy on task ``i`` after training task
+            ``j``, fractions in ``[0, 1]``. Only the last row is read.
+
+    Returns:
+        ACC as a fraction in ``[0, 1]``.
+
+    Raises:
+        ValueError: if ``P`` is not square or an entry of its last row is not in ``[0, 1]``.
+    """
+    matrix = _as_accuracy_matrix(accuracy_matrix)
+    return float(np.mean(_last_row(matrix)))
+
+
+def backward_transfer(accuracy_matrix: ArrayLike) -> float | None:
+    """Backward transfer BWT (paper eq. 8): how much old tasks changed by the end (< 0: forgetting).
+
+    ``BWT = 1/(T-1) * sum_{i<T-1} (P[T-1][i] - P[i][i])``.
+
+    Args:
+        accuracy_matrix: ``(T, T)`` as in :func:`average_accuracy`. The last row and the diagonal
+            are read.
+
+    Returns:
+        BWT in ``[-1, 1]``, or ``None`` when ``T == 1`` (no task was followed by another one, so
+        the mean over ``T - 1 = 0`` tasks is undefined).
+
+    Raises:
+        ValueError: if ``P`` is not square or an entry it reads is not in ``[0, 1]``.
+    """
+    matrix = _as_accuracy_matrix(accuracy_matrix)
+    t = matrix.shape[0]
+    if t == 1:
+        return None
+    last, diag = _last_row(matrix), _diagonal(matrix)
+    return float(np.mean(last[: t - 1] - diag[: t - 1]))
+
+
+def _check_joint(joint_accuracies: Sequence[float] | np.ndarray, t: int) -> np.ndarray:
+    """``(T,)`` joint-training accuracies ``m_i``, checked against ``T`` tasks."""
+    joint = np.asarray(joint_accuracies, dtype=float)
+    if joint.ndim != 1 or joint.shape[0] != t:
+        raise ValueError(
+            f"joint_accuracies must hold one accuracy m_i per task ({t} for a {t}x{t} accuracy "
+            f"matrix); got shape {joint.shape}"
+        )
+    return _checked(joint, [f"m[{i}]" for i in range(t)], "joint_accuracies")
+
+
+def forward_transfer(
+    accuracy_matrix: ArrayLike, joint_accuracies: Sequence[float] | np.ndarray | None
+) -> float | None:
+    """Forward transfer FWT (paper eq. 7): accuracy on a task just learned, relative to joint.
+
+    ``FWT = 1/(T-1) * sum_{i<T-1} (P[i][i] - m_i)``, with ``m_i`` the test accuracy on task ``i``
+    of joint training on all tasks. Negative values mean that what the model keeps from earlier
+    tasks gets in the way of learning the new one. As in the paper, the last task is left out.
+
+    Args:
+        accuracy_matrix: ``(T, T)`` as in :func:`average_accuracy`. Only the diagonal is read.
+        joint_accuracies: ``(T,)`` the ``m_i``, fractions in ``[0, 1]``, or ``None`` when there is
+            no joint run to compare with.
+
+    Returns:
+        FWT in ``[-1, 1]``; ``None`` when ``joint_accuracies`` is ``None`` or when ``T == 1``
+        (the mean over ``T - 1 = 0`` tasks is undefined).
+
+    Raises:
+        ValueError: if ``P`` is not square, ``joint_accuracies`` does not have ``T`` entries, or an
+            entry read is not in ``[0, 1]``.
+    """
+    matrix = _as_accuracy_matrix(accuracy_matrix)
+    if joint_accuracies is None:
+        return None
+    t = matrix.shape[0]
+    joint = _check_joint(joint_accuracies, t)
+    if t == 1:
+        return None
+    diag = _diagonal(matrix)
+    return float(np.mean(diag[: t - 1] - joint[: t - 1]))
+
+
+def stability(accuracy_matrix: ArrayLike) -> float | None:
+    """Stability SMT (paper eq. 9): mean fluctuation of a task's accuracy after it was learned.
+
+    ``SMT = 1/(T-1) * sum_{j<T-1} D_j`` where ``D_j`` is the variance of task ``j``'s accuracy over
+    the rest of the sequence. The paper says only "the variance of one task for sequential
+    learning"; the choices made here are:
+
+    * ``D_j`` is the *population* variance (divide by the number of values, ``ddof=0``),
+    * over ``P[j:, j]``: from right after task ``j`` was learned (the diagonal ``P[j][j]``
+      included) to after the last task, i.e. ``T - j`` values.
+
+    The last task is left out as in eqs. 7-8 (its ``D`` would be the variance of one value, 0).
+    SMT is in squared accuracy units (fractions squared); lower means more stable.
+
+    Args:
+        accuracy_matrix: ``(T, T)`` as in :func:`average_accuracy`. The lower triangle with the
+            diagonal (``i <= j``) is read, except the last column.
+
+    Returns:
+        SMT ``>= 0``, or ``None`` when ``T == 1`` (the mean over ``T - 1 = 0`` tasks is undefined).
+
+    Raises:
+        ValueError: if ``P`` is not square or an entry it reads is not in ``[0, 1]``.
+    """
+    matrix = _as_accuracy_matrix(accuracy_matrix)
+    t = matrix.shape[0]
+    if t == 1:
+        return None
+    variances = []
+    for j in range(t - 1):
+        column = _checked(
+            matrix[j:, j].copy(), [f"P[{k}][{j}]" for k in range(j, t)], "stability (SMT)"
+        )
+        variances.append(np.var(column))  # population variance, ddof=0
+    return float(np.mean(variances))
+
+
+def all_metrics(
+    accuracy_matrix: ArrayLike, joint_accuracies: Sequence[float] | np.ndarray | None = None
+) -> dict[str, float | None]:
+    """The four metrics of the paper from one accuracy matrix.
+
+    Args:
+        accuracy_matrix: ``(T, T)`` as in :func:`average_accuracy`.
+        joint_accuracies: ``(T,)`` joint training's per-task test accuracies ``m_i``, or ``None``.
+
+    Returns:
+        ``{"acc", "bwt", "fwt", "smt"}``: floats, or ``None`` where undefined (see each function).
+    """
+    return {
+        "acc": average_accuracy(accuracy_matrix),
+        "bwt": backward_transfer(accuracy_matrix),
+        "fwt": forward_transfer(accuracy_matrix, joint_accuracies),
+        "smt": stability(accuracy_matrix),
+    }
+
+
+def metrics_after_each_task(
+    accuracy_matrix: ArrayLike, joint_accuracies: Sequence[float] | np.ndarray | None = None
+) -> dict[str, list[float | None]]:
+    """The four metrics after each task, as plotted in the paper's Figs. 3, 9 and 10.
+
+    Entry ``t - 1`` of each list is the metric of the first ``t`` tasks, i.e. of the leading
+    sub-matrix ``P[:t, :t]`` (and ``m[:t]``), for ``t = 1 .. T``. The ACC list is therefore the
+    average accuracy on the tasks seen so far after each task; BWT, FWT and SMT start with ``None``.
+
+    Args:
+        accuracy_matrix: ``(T, T)`` as in :func:`average_accuracy`.
+        joint_accuracies: ``(T,)`` the ``m_i`` for all ``T`` tasks, or ``None``.
+
+    Returns:
+        ``{"acc", "bwt", "fwt", "smt"}`` -> lists of ``T`` floats or ``None``.
+    """
+    matrix = _as_accuracy_matrix(accuracy_matrix)
+    t = matrix.shape[0]
+    joint = None if joint_accuracies is None else _check_joint(joint_accuracies, t)
+    out: dict[str, list[float | None]] = {name: [] for name in METRIC_NAMES}
+    for k in range(1, t + 1):
+        values = all_metrics(matrix[:k, :k], None if joint is None else joint[:k])
+        for name in METRIC_NAMES:
+            out[name].append(values[name])
+    return out
+
+
+_EXP_KEY = re.compile(
+    r"^Top1_Acc_Exp/eval_phase/(?P<stream>[^/]+)/Task(?P<task>\d+)/Exp(?P<exp>\d+)$"
+)
+
+
+def accuracy_matrix_from_avalanche(
+    all_metrics: Mapping[str, Any], n_tasks: int, *, stream: str = "test_stream"
+) -> np.ndarray:
+    """Build ``P`` from ``EvaluationPlugin.get_all_metrics()`` of a run evaluated after each task.
+
+    Expects ``accuracy_metrics(experience=True)`` in the evaluator and, for each experience ``j``,
+    ``strategy.train(exp_j)`` followed by ``strategy.eval(stream)`` over all ``n_tasks``
+    experiences (with ``eval_every=-1``, so nothing else is evaluated). Avalanche then holds, for
+    experience ``i``, the key ``Top1_Acc_Exp/eval_phase/{stream}/Task{t:03d}/Exp{i:03d}`` whose value
+    is a pair ``(x_steps, values)``, and ``values[j] = P[j][i]``. The task label ``t`` in the key is
+    not used (it is ``i`` with task labels, ``0`` without).
+
+    Args:
+        all_metrics: the dictionary returned by ``get_all_metrics()``; other keys are ignored.
+        n_tasks: ``T``, the number of experiences trained and evaluated.
+        stream: the evaluated stream's name, e.g. ``"test_stream"`` or ``"valid_stream"``.
+
+    Returns:
+        ``(T, T)`` float array ``P``, rows = after training task ``j``, columns = task ``i``.
+
+    Raises:
+        ValueError: if ``n_tasks < 1``, an experience's key is missing or appears twice, the stream
+            has more experiences than ``n_tasks``, or an experience has a number of values other
+            than ``n_tasks`` (e.g. evaluation was not run exactly once after each task).
+    """
+    if isinstance(n_tasks, bool) or not isinstance(n_tasks, int | np.integer) or n_tasks < 1:
+        raise ValueError(
+            f"n_tasks must be a positive int (the number of experiences); got {n_tasks!r}"
+        )
+    found: dict[int, str] = {}
+    for key in all_metrics:
+        match = _EXP_KEY.match(str(key))
+        if match is None or match["stream"] != stream:
+            continue
+        exp = int(match["exp"])
+        if exp in found:
+            raise ValueError(
+                f"experience {exp} of {stream!r} appears under two keys: {found[exp]!r} and {key!r}"
+            )
+        found[exp] = key
+    expected = f"Top1_Acc_Exp/eval_phase/{stream}/Task<t>/Exp<i>"
+    missing = [i for i in range(n_tasks) if i not in found]
+    if missing:
+        streams = sorted(
+            {m["stream"] for m in map(_EXP_KEY.match, map(str, all_metrics)) if m is not None}
+        )
+        raise ValueError(
+            f"no per-experience accuracy for experience(s) {missing} of {stream!r} (keys like "
+            f"{expected!r}); streams with such keys: {streams}. Add accuracy_metrics(experience=True) "
+            f"to the EvaluationPlugin and call strategy.eval({stream}) after each train(exp)."
+        )
+    extra = sorted(i for i in found if i >= n_tasks)
+    if extra:
+        raise ValueError(
+            f"{stream!r} has accuracies for experience(s) {extra} beyond n_tasks={n_tasks}; pass the "
+            f"number of experiences in the stream"
+        )
+    matrix = np.empty((n_tasks, n_tasks), dtype=float)
+    for i in range(n_tasks):
+        value = all_metrics[found[i]]
+        if not (isinstance(value, tuple | list) and len(value) == 2):
+            raise ValueError(
+                f"{found[i]!r} must map to a pair (x_steps, values) as get_all_metrics() returns; "
+                f"got {value!r}"
+            )
+        values = list(value[1])
+        if len(values) != n_tasks:
+            raise ValueError(
+                f"{found[i]!r} has {len(values)} values, expected one per task ({n_tasks}): call "
+                f"strategy.eval({stream}) exactly once after each train(exp), with eval_every=-1"
+            )
+        matrix[:, i] = values
+    return matrix

@@ -1,0 +1,360 @@
+"""Avalanche plugin for Soft Parameter Pruning (SPP).
+
+Peng et al., "Overcome Catastrophic Forgetting by Soft Parameter Pruning", arXiv 1812.01640.
+The math lives in :mod:`avalanche_spp.importance`; this module only wires it into Avalanche's
+training loop. Usage::
+
+    from avalanche.training import Naive
+    from avalanche_spp import SPPPlugin
+
+    strategy = Naive(model, optimizer, criterion, plugins=[SPPPlugin(lam=1.0)])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dill
+import torch
+from avalanche.models.utils import is_multi_task_module
+from avalanche.training.plugins import SupervisedPlugin
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+
+from avalanche_spp.importance import (
+    FIRST_ORDER_SIGNS,
+    FISHER_ESTIMATES,
+    NORMALIZATIONS,
+    check_choice,
+    entropy_importance,
+    spp_penalty,
+    trainable_parameters,
+)
+
+log = logging.getLogger(__name__)
+
+# Avalanche's save_checkpoint / maybe_load_checkpoint dill-pickle the whole strategy; with
+# avalanche-lib 0.6.0 and current typing_extensions that fails on a sentinel object unless dill
+# pickles module-level objects by value. Setting it here lets users checkpoint a strategy that uses
+# this plugin without knowing about it (it only widens what dill can pickle).
+dill.settings["recurse"] = True
+
+ACCUMULATIONS = ("sum", "max")
+
+
+class SPPPlugin(SupervisedPlugin, supports_distributed=True):
+    """Soft Parameter Pruning: a label-free, entropy-based importance penalty.
+
+    After each training experience the plugin measures every trainable parameter's importance
+    ``Omega`` on that experience's training data (model in eval mode, labels never read, paper
+    eq. 3; see :func:`avalanche_spp.importance.entropy_importance`), adds it to the running total
+    (eq. 4) and stores the weights ``W*``. While learning later experiences it adds
+    ``lam * sum Omega * (W - W*)**2`` (eq. 5) to the loss before each backward pass.
+
+    Parameters that did not exist at the last snapshot (a head created later) are free until their
+    task has been learned. A layer whose output grew (``IncrementalClassifier``) keeps its old rows
+    penalised and its new rows free. Multi-head models are measured on each head's own logits
+    (``forward_single_task``), never on Avalanche's zero-padded multi-task output.
+
+    In a ``torch.distributed`` run each rank measures its shard of the experience and the ranks
+    sum their statistics before averaging, so every rank holds the same ``Omega`` and ``W*``, equal
+    to a single-process run on the whole experience.
+    """
+
+    def __init__(
+        self,
+        lam: float = 1.0,
+        *,
+        importance_samples: int | None = None,
+        importance_batch_size: int = 64,
+        fisher: str = "per_sample",
+        first_order: str = "paper",
+        normalize: str | None = None,
+        beta: float = 1.0,
+        accumulate: str = "sum",
+        seed: int = 0,
+    ) -> None:
+        """Create the plugin.
+
+        Args:
+            lam: strength ``lambda`` of the penalty (>= 0, finite). The paper's robustness study
+                found 0.5-4 stable on MNIST; tune it on validation data.
+            importance_samples: how many training samples of each experience the importance pass
+                uses (a seeded random subset); ``None`` uses the whole experience.
+            importance_batch_size: mini-batch size of the importance pass. With
+                ``fisher="per_sample"`` it changes speed and memory only, not ``Omega``.
+            fisher: ``"per_sample"`` (mean of per-sample squared gradients) or ``"batch"``
+                (squared mini-batch gradient, as the authors' code).
+            first_order: ``"paper"`` (``-g * W``) or ``"authors"`` (``+g * W``, the released code).
+            normalize: ``None``, ``"max"`` or ``"softmax"`` (the authors' sharpening) per tensor.
+            beta: sharpness of the ``"softmax"`` normalisation.
+            accumulate: how importances of successive experiences combine: ``"sum"`` (paper eq. 4)
+                or ``"max"`` (what the authors used on Caltech-101).
+            seed: seed of the subset drawn when ``importance_samples`` is set.
+
+        Raises:
+            ValueError: an argument outside its allowed values.
+        """
+        super().__init__()
+        self.lam = _check_strength(lam)
+        if importance_samples is not None and not _is_positive_int(importance_samples):
+            raise ValueError(
+                f"importance_samples must be a positive int or None (whole experience), "
+                f"got {importance_samples!r}"
+            )
+        if not _is_positive_int(importance_batch_size):
+            raise ValueError(f"importance_batch_size must be a positive int, got {importance_batch_size!r}")
+        check_choice("fisher", fisher, FISHER_ESTIMATES)
+        check_choice("first_order", first_order, FIRST_ORDER_SIGNS)
+        check_choice("normalize", normalize, NORMALIZATIONS)
+        check_choice("accumulate", accumulate, ACCUMULATIONS)
+        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta > 0:
+            raise ValueError(f"beta must be a positive number, got {beta!r}")
+        if not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        self.importance_samples = importance_samples
+        self.importance_batch_size = importance_batch_size
+        self.fisher = fisher
+        self.first_order = first_order
+        self.normalize = normalize
+        self.beta = float(beta)
+        self.accumulate = accumulate
+        self.seed = seed
+
+        self.omega: dict[str, Tensor] = {}
+        """Accumulated importance ``Omega^{1:t}`` by parameter name."""
+        self.anchor: dict[str, Tensor] = {}
+        """Weights ``W*`` after the last learned experience, by parameter name."""
+        self.importance_time_s: list[float] = []
+        """Wall time of each importance pass, in seconds."""
+        self._penalty_terms: tuple[list[nn.Parameter], list[Tensor], list[Tensor]] | None = None
+        self._penalty_model: nn.Module | None = None
+
+    # ----------------------------------------------------------------------------- callbacks
+    def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """Match the stored state to the model as adapted for this experience."""
+        self._penalty_terms = None  # rebuilt lazily on the first step (heads may have changed)
+
+    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
+        """``strategy.loss += lam * sum Omega (W - W*)^2`` (paper eq. 5)."""
+        if self.lam == 0.0 or not self.omega:
+            return
+        model = _unwrap(strategy.model)
+        if self._penalty_terms is None or self._penalty_model is not model:
+            self._penalty_terms = self.penalty_terms(model)
+            self._penalty_model = model
+        params, anchors, omegas = self._penalty_terms
+        if params:
+            strategy.loss = strategy.loss + self.lam * spp_penalty(params, anchors, omegas)
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """Measure this experience's importance, accumulate it, and snapshot ``W*``."""
+        model = _unwrap(strategy.model)
+        start = time.perf_counter()
+        omega = entropy_importance(
+            model,
+            self._importance_batches(strategy, model),
+            _forward_for(model),
+            fisher=self.fisher,
+            first_order=self.first_order,
+            normalize=self.normalize,
+            beta=self.beta,
+            all_reduce=_all_reduce_if_distributed(),
+        )
+        self.importance_time_s.append(time.perf_counter() - start)
+        self.update(model, omega)
+
+    # ------------------------------------------------------------------------------- state
+    def update(self, model: nn.Module, omega: dict[str, Tensor]) -> None:
+        """Fold one experience's importance into the total and store ``W*`` of ``model``."""
+        with torch.no_grad():
+            for name, value in omega.items():
+                old = self.omega.get(name)
+                if old is None:
+                    self.omega[name] = value.detach().clone()
+                    continue
+                old = _grow_to(old, value.shape, name, what="importance").to(value.device)
+                if self.accumulate == "sum":
+                    self.omega[name] = old + value
+                else:
+                    self.omega[name] = torch.maximum(old, value)
+            self.anchor = {n: p.detach().clone() for n, p in trainable_parameters(model).items()}
+        self._penalty_terms = None
+
+    def penalty_terms(self, model: nn.Module) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
+        """The ``(W, W*, Omega)`` triples of every parameter that has an importance.
+
+        A parameter that grew since the snapshot (new output rows) gets ``W*`` and ``Omega``
+        zero-padded, so its new entries are free. A parameter that is gone, or whose shape shrank or
+        changed in another way, raises ``ValueError``: the stored importance no longer fits the model.
+        """
+        current = dict(model.named_parameters())
+        params, anchors, omegas = [], [], []
+        for name, omega in self.omega.items():
+            p = current.get(name)
+            if p is None:
+                raise ValueError(
+                    f"SPP holds an importance for parameter {name!r}, which the model no longer has. "
+                    "Parameters must not be removed or renamed between experiences."
+                )
+            if not p.requires_grad:
+                continue
+            omega = _grow_to(omega, p.shape, name, what="importance").to(p.device, p.dtype)
+            anchor = _grow_to(self.anchor[name], p.shape, name, what="anchor").to(p.device, p.dtype)
+            self.omega[name], self.anchor[name] = omega, anchor
+            params.append(p)
+            anchors.append(anchor)
+            omegas.append(omega)
+        return params, anchors, omegas
+
+    def penalty(self, model: nn.Module) -> Tensor:
+        """The current penalty ``lam * sum Omega (W - W*)^2`` of ``model`` (for inspection)."""
+        params, anchors, omegas = self.penalty_terms(model)
+        if not params or self.lam == 0.0:
+            return torch.zeros((), device=next(model.parameters()).device)
+        return self.lam * spp_penalty(params, anchors, omegas)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Importances, anchors and settings, as plain tensors and values."""
+        return {
+            "lam": self.lam,
+            "omega": {n: t.detach().clone() for n, t in self.omega.items()},
+            "anchor": {n: t.detach().clone() for n, t in self.anchor.items()},
+            "importance_time_s": list(self.importance_time_s),
+            "settings": {
+                "importance_samples": self.importance_samples,
+                "importance_batch_size": self.importance_batch_size,
+                "fisher": self.fisher,
+                "first_order": self.first_order,
+                "normalize": self.normalize,
+                "beta": self.beta,
+                "accumulate": self.accumulate,
+                "seed": self.seed,
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (tensors move to the model's device lazily)."""
+        missing = {"lam", "omega", "anchor"} - set(state)
+        if missing:
+            raise ValueError(f"not an SPPPlugin state: missing keys {sorted(missing)}")
+        if set(state["omega"]) != set(state["anchor"]):
+            raise ValueError("corrupt SPPPlugin state: omega and anchor name different parameters")
+        self.lam = _check_strength(state["lam"])
+        self.omega = {n: t.detach().clone() for n, t in state["omega"].items()}
+        self.anchor = {n: t.detach().clone() for n, t in state["anchor"].items()}
+        self.importance_time_s = list(state.get("importance_time_s", []))
+        for key, value in state.get("settings", {}).items():
+            setattr(self, key, value)
+        self._penalty_terms = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_penalty_terms"] = None  # views of live parameters: rebuilt after loading
+        state["_penalty_model"] = None
+        return state
+
+    # ----------------------------------------------------------------------------- helpers
+    def _importance_batches(self, strategy: Any, model: nn.Module) -> Iterator[Any]:
+        """Input-only items from this experience's training data (eval transforms, no labels).
+
+        Multi-head models yield ``(x, task_id)`` per task present in a mini-batch, so the entropy
+        is taken over that head's own logits.
+        """
+        dataset = strategy.experience.dataset
+        dataset = dataset.eval() if hasattr(dataset, "eval") else dataset
+        if self.importance_samples is not None and self.importance_samples < len(dataset):
+            generator = torch.Generator().manual_seed(self.seed)
+            order = torch.randperm(len(dataset), generator=generator)[: self.importance_samples]
+            dataset = Subset(dataset, sorted(order.tolist()))
+        sampler = _distributed_sampler(dataset)
+        loader = DataLoader(
+            dataset,
+            batch_size=self.importance_batch_size,
+            shuffle=False,
+            sampler=sampler,
+            collate_fn=getattr(strategy.experience.dataset, "collate_fn", None),
+        )
+        multi_task = is_multi_task_module(model)
+        for batch in loader:
+            x = batch[0]
+            if not multi_task:
+                yield x
+                continue
+            task_labels = batch[-1]
+            for task in torch.unique(task_labels).tolist():
+                yield x[task_labels == task], int(task)
+
+
+def _forward_for(model: nn.Module):
+    if is_multi_task_module(model):
+        return _forward_single_task
+    return None
+
+
+def _forward_single_task(model: nn.Module, x: Tensor, task: int) -> Tensor:
+    # An int task label takes MultiTaskModule's single-task path: that head's own logits, with no
+    # zero padding to the widest head (models such as MTSimpleMLP route it to their classifier).
+    return model(x, task)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` (or ``DataParallel``) wrapper."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return model.module
+    return model
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_reduce_if_distributed():
+    if not _distributed() or torch.distributed.get_world_size() == 1:
+        return None
+
+    def all_reduce(tensor: Tensor) -> None:
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+
+    return all_reduce
+
+
+def _distributed_sampler(dataset: Any):
+    if not _distributed() or torch.distributed.get_world_size() == 1:
+        return None
+    # Each rank measures a disjoint shard; no padding, so the sample-weighted sum is exact.
+    from torch.utils.data.distributed import DistributedSampler
+
+    return DistributedSampler(dataset, shuffle=False, drop_last=False)
+
+
+def _grow_to(tensor: Tensor, shape: torch.Size, name: str, *, what: str) -> Tensor:
+    """Zero-pad ``tensor`` to ``shape`` (a layer that grew); refuse any other change of shape."""
+    if tensor.shape == shape:
+        return tensor
+    if tensor.dim() != len(shape) or any(o > n for o, n in zip(tensor.shape, shape, strict=True)):
+        raise ValueError(
+            f"parameter {name!r} changed shape from {tuple(tensor.shape)} to {tuple(shape)}: SPP's "
+            f"stored {what} only follows layers that grow (new output units). Reset the plugin or "
+            "keep the architecture fixed between experiences."
+        )
+    grown = tensor.new_zeros(shape)
+    grown[tuple(slice(0, size) for size in tensor.shape)] = tensor
+    return grown
+
+
+def _check_strength(lam: Any) -> float:
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(
+            f"lam (the penalty strength lambda) must be a finite number >= 0, got {lam!r}. "
+            "0 disables the penalty; the paper found 0.5-4 stable on MNIST."
+        )
+    return float(lam)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -1,0 +1,313 @@
+"""Tests of the SPP importance math (plain PyTorch, no Avalanche)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from avalanche_spp.importance import (
+    bernoulli_entropy,
+    categorical_entropy,
+    entropy_importance,
+    spp_penalty,
+)
+
+
+def _tiny_mlp(seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).to(dtype)
+
+
+def _hand_omega(weight: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Omega of a bias-free linear softmax model z = W x, by the closed-form entropy gradient.
+
+    dH/dz_j = -q_j (log q_j + H), so dH/dW_jk = dH/dz_j * x_k; g is its mean over samples and the
+    per-sample Fisher is the mean of its square. Omega = max(0, -g W + W^2 F / 2).
+    """
+    grads = []
+    for x in xs:
+        z = weight @ x
+        q = np.exp(z - z.max())
+        q /= q.sum()
+        entropy = -(q * np.log(q)).sum()
+        dz = -q * (np.log(q) + entropy)
+        grads.append(np.outer(dz, x))
+    grads = np.stack(grads)
+    g, fisher = grads.mean(0), (grads**2).mean(0)
+    return np.maximum(0.0, -g * weight + 0.5 * weight**2 * fisher)
+
+
+def test_omega_equals_hand_computed_value_for_linear_softmax():
+    weight = np.array([[0.5, -1.0], [1.5, 0.25], [-0.3, 0.8]])
+    xs = np.array([[1.0, 2.0], [-0.5, 0.3], [2.0, -1.0]])
+    model = nn.Linear(2, 3, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.from_numpy(weight))
+    omega = entropy_importance(model, [torch.from_numpy(xs)], fisher="per_sample")
+    np.testing.assert_allclose(omega["weight"].numpy(), _hand_omega(weight, xs), rtol=1e-10, atol=1e-14)
+    # With a single sample per batch, the batch Fisher is the per-sample one.
+    batch = entropy_importance(model, torch.from_numpy(xs).split(1), fisher="batch")
+    np.testing.assert_allclose(batch["weight"].numpy(), _hand_omega(weight, xs), rtol=1e-10, atol=1e-14)
+
+
+def test_labels_play_no_part_and_per_sample_is_batch_size_invariant():
+    model = _tiny_mlp()
+    x = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    small = entropy_importance(model, x.split(7))
+    large = entropy_importance(model, [x])
+    for name in small:
+        torch.testing.assert_close(small[name], large[name], rtol=1e-9, atol=1e-15)
+
+
+def test_batch_fisher_depends_on_batch_size_but_first_order_term_does_not():
+    model = _tiny_mlp()
+    x = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    raw = {size: entropy_importance(model, x.split(size), fisher="batch", clamp=False) for size in (1, 8, 64)}
+    per_sample = entropy_importance(model, [x], clamp=False)
+    w = model[0].weight.detach()
+    torch.testing.assert_close(raw[1]["0.weight"], per_sample["0.weight"])
+    # The squared mean of a batch is smaller than the mean of squares: the curvature term shrinks.
+    second_order = {s: (raw[s]["0.weight"] - raw[64]["0.weight"]) for s in (1, 8)}
+    assert (second_order[1] >= -1e-12).all() and second_order[1].abs().sum() > 0
+    assert second_order[8].abs().sum() < second_order[1].abs().sum()
+    # -g W is identical whatever the batch size: the difference is only the W^2 F / 2 term.
+    f1 = 2 * (raw[1]["0.weight"] - raw[64]["0.weight"]) / (w * w)
+    assert torch.isfinite(f1).all()
+
+
+def test_omega_is_nonnegative_and_zero_for_parameters_that_cannot_act():
+    class WithDeadParts(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(3, 4)
+            self.unused = nn.Linear(3, 4)  # never called in forward
+
+        def forward(self, x):
+            return self.body(x)
+
+    torch.manual_seed(0)
+    model = WithDeadParts().double()
+    x = torch.randn(32, 3, dtype=torch.float64)
+    x[:, 2] = 0.0  # the third input is always zero: weights reading it cannot change the output
+    omega = entropy_importance(model, x.split(8))
+    assert all((o >= 0).all() for o in omega.values())
+    assert torch.equal(omega["unused.weight"], torch.zeros(4, 3, dtype=torch.float64))
+    assert torch.equal(omega["unused.bias"], torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(omega["body.weight"][:, 2], torch.zeros(4, dtype=torch.float64))
+    assert omega["body.weight"][:, :2].sum() > 0
+
+
+def test_taylor_estimate_with_exact_hessian_matches_measured_entropy_change():
+    """Zero each small weight for real; the second-order estimate must agree within 5%."""
+    model = _tiny_mlp(seed=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.3)
+    x = torch.randn(40, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    estimate = entropy_importance(model, x.split(10), hessian="exact", clamp=False)
+
+    def mean_entropy() -> float:
+        with torch.no_grad():
+            return categorical_entropy(model(x)).mean().item()
+
+    base = mean_entropy()
+    checked = 0
+    for name, p in model.named_parameters():
+        flat = p.data.view(-1)
+        for k in range(flat.numel()):
+            w = flat[k].item()
+            if abs(w) > 0.08:  # the estimate is a Taylor expansion: check it where it applies
+                continue
+            flat[k] = 0.0
+            measured = mean_entropy() - base
+            flat[k] = w
+            predicted = estimate[name].view(-1)[k].item()
+            if abs(measured) < 1e-9:
+                continue
+            assert predicted == pytest.approx(measured, rel=0.05), (name, k, w)
+            checked += 1
+    assert checked >= 10
+
+
+def test_fisher_estimate_is_clamped_version_of_fisher_taylor_terms():
+    model = _tiny_mlp(seed=5)
+    x = torch.randn(30, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    raw = entropy_importance(model, [x], clamp=False)
+    clamped = entropy_importance(model, [x])
+    for name in raw:
+        torch.testing.assert_close(clamped[name], raw[name].clamp_min(0))
+    assert any((raw[n] < 0).any() for n in raw), "some weights lower the entropy when pruned"
+
+
+def test_authors_first_order_sign_flips_only_the_gradient_term():
+    model = _tiny_mlp(seed=7)
+    x = torch.randn(30, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    paper = entropy_importance(model, [x], clamp=False)
+    authors = entropy_importance(model, [x], clamp=False, first_order="authors")
+    w = model[0].weight.detach()
+    g = torch.autograd.grad(categorical_entropy(model(x)).mean(), model[0].weight)[0]
+    torch.testing.assert_close(authors["0.weight"] - paper["0.weight"], 2 * g * w)
+
+
+def test_normalisations():
+    model = _tiny_mlp(seed=9)
+    x = torch.randn(30, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    plain = entropy_importance(model, [x])
+    peak = entropy_importance(model, [x], normalize="max")
+    sharp = entropy_importance(model, [x], normalize="softmax", beta=3.0)
+    for name in plain:
+        if plain[name].max() > 0:
+            torch.testing.assert_close(peak[name], plain[name] / plain[name].max())
+        expected = torch.softmax(3.0 * plain[name].reshape(-1), 0).view_as(plain[name])
+        torch.testing.assert_close(sharp[name], expected)
+        assert sharp[name].sum().item() == pytest.approx(1.0)
+
+
+def test_saturated_logits_give_finite_entropy_and_importance():
+    logits = torch.tensor([[1e4, -1e4, 0.0], [50.0, 50.0, -1e5]])
+    entropy = categorical_entropy(logits)
+    assert torch.isfinite(entropy).all()
+    assert entropy[1].item() == pytest.approx(math.log(2), rel=1e-5)
+    model = nn.Linear(2, 3)
+    with torch.no_grad():
+        model.weight.fill_(1e4)
+    omega = entropy_importance(model, [torch.randn(8, 2)])
+    assert all(torch.isfinite(o).all() for o in omega.values())
+
+
+def test_bernoulli_entropy_matches_definition_and_is_finite():
+    logits = torch.tensor([[[0.0, 2.0], [-3.0, 100.0]]], dtype=torch.float64)
+    p = torch.sigmoid(torch.tensor([0.0, 2.0, -3.0], dtype=torch.float64))
+    moderate = -(p * p.log() + (1 - p) * (1 - p).log()).sum().item()
+    value = bernoulli_entropy(logits)
+    assert value.shape == (1,)
+    # the direct formula gives NaN at a logit of 100 (log(1 - 1)); its entropy is ~ 0
+    assert value.item() == pytest.approx(moderate, rel=1e-9)
+    assert torch.isfinite(bernoulli_entropy(torch.tensor([[1e5, -1e5]]))).all()
+
+
+def test_multi_argument_items_and_custom_forward():
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk = nn.Linear(3, 4)
+            self.heads = nn.ModuleList([nn.Linear(4, 2), nn.Linear(4, 5)])
+
+        def forward(self, x, task: int):
+            return self.heads[task](torch.relu(self.trunk(x)))
+
+    torch.manual_seed(0)
+    model = TwoHeads().double()
+    x = torch.randn(12, 3, dtype=torch.float64)
+    omega = entropy_importance(model, [(x, 1)])
+    assert omega["heads.0.weight"].abs().sum() == 0  # head 0 never ran
+    assert omega["heads.1.weight"].abs().sum() > 0
+    per_batch = entropy_importance(model, [(x, 1)], fisher="batch")
+    assert set(per_batch) == set(omega)
+
+
+def test_frozen_parameters_and_buffers_get_no_importance():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    model[0].weight.requires_grad_(False)
+    omega = entropy_importance(model, [torch.randn(16, 3)])
+    assert "0.weight" not in omega and "0.bias" in omega
+    assert not any("running" in name for name in omega)
+
+
+def test_model_mode_is_restored():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2))
+    model.train()
+    model[1].eval()
+    entropy_importance(model, [torch.randn(4, 3)])
+    assert model.training and model[0].training and not model[1].training
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"fisher": "diag"}, "fisher must be one of"),
+        ({"hessian": "full"}, "hessian must be one of"),
+        ({"first_order": "plus"}, "first_order must be one of"),
+        ({"normalize": "l2"}, "normalize must be one of"),
+        ({"beta": -1.0}, "beta must be a positive number"),
+        ({"max_batches": 0}, "max_batches must be a positive int"),
+    ],
+)
+def test_bad_options_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        entropy_importance(nn.Linear(2, 2), [torch.randn(3, 2)], **kwargs)
+
+
+def test_bad_inputs_are_refused():
+    frozen = nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        entropy_importance(frozen, [torch.randn(3, 2)])
+    with pytest.raises(ValueError, match="no input sample"):
+        entropy_importance(nn.Linear(2, 2), [])
+    with pytest.raises(ValueError, match='hessian="exact" needs'):
+        entropy_importance(nn.Linear(200, 200), [torch.randn(2, 200)], hessian="exact")
+    with pytest.raises(ValueError, match="first .batch. dimension"):
+        entropy_importance(nn.Bilinear(2, 2, 2), [(torch.randn(3, 2), torch.randn(4, 2))])
+    with pytest.raises(ValueError, match="Tensor or a tuple"):
+        entropy_importance(nn.Linear(2, 2), [{"x": torch.randn(3, 2)}])
+
+
+def test_diverged_model_is_refused():
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        entropy_importance(model, [torch.randn(4, 2)])
+
+
+def test_max_batches_limits_the_pass():
+    model = _tiny_mlp()
+    x = torch.randn(40, 4, dtype=torch.float64)
+    limited = entropy_importance(model, x.split(10), max_batches=2)
+    first_half = entropy_importance(model, [x[:20]])
+    for name in limited:
+        torch.testing.assert_close(limited[name], first_half[name])
+
+
+def test_penalty_value_and_gradient():
+    gen = torch.Generator().manual_seed(0)
+    params = [
+        torch.randn(3, 4, generator=gen, requires_grad=True),
+        torch.randn(5, generator=gen, requires_grad=True),
+    ]
+    anchors = [p.detach().clone() for p in params]
+    omegas = [torch.rand(3, 4, generator=gen), torch.rand(5, generator=gen)]
+    assert spp_penalty(params, anchors, omegas).item() == 0.0
+    shifted = [p.detach() + torch.randn(p.shape, generator=gen) for p in params]
+    value = spp_penalty(params, shifted, omegas)
+    expected = sum((o * (p - a) ** 2).sum() for p, a, o in zip(params, shifted, omegas, strict=True))
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+    grads = torch.autograd.grad(value, params)
+    for g, p, a, o in zip(grads, params, shifted, omegas, strict=True):
+        torch.testing.assert_close(g, 2 * o * (p.detach() - a))
+    p64 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    a64, o64 = torch.randn(2, 3, dtype=torch.float64), torch.rand(2, 3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda w: spp_penalty([w], [a64], [o64]), (p64,))
+
+
+def test_penalty_refuses_mismatched_inputs():
+    p = torch.zeros(2, 2, requires_grad=True)
+    with pytest.raises(ValueError, match="same length"):
+        spp_penalty([p], [], [])
+    with pytest.raises(ValueError, match="shape mismatch"):
+        spp_penalty([p], [torch.zeros(2, 3)], [torch.zeros(2, 2)])
+    with pytest.raises(ValueError, match="at least one"):
+        spp_penalty([], [], [])
+
+
+def test_importance_module_does_not_import_avalanche():
+    import subprocess
+    import sys
+
+    code = "import sys, avalanche_spp.importance; print('avalanche' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
