@@ -31,6 +31,7 @@ FISHER_ESTIMATES = ("per_sample", "batch")
 HESSIANS = ("fisher", "exact")
 FIRST_ORDER_SIGNS = ("paper", "authors")
 NORMALIZATIONS = (None, "max", "softmax")
+PER_SAMPLE_BACKENDS = ("auto", "linear", "vmap")
 
 #: The largest number of trainable scalars for which ``hessian="exact"`` is allowed.
 EXACT_HESSIAN_MAX_PARAMS = 20_000
@@ -38,6 +39,12 @@ EXACT_HESSIAN_MAX_PARAMS = 20_000
 _PER_SAMPLE_BUDGET = 2**25
 
 ForwardFn = Callable[..., Tensor]
+
+
+class DivergedError(ValueError):
+    """The importance came out NaN or infinite: the model (or its training) diverged."""
+
+
 EntropyFn = Callable[[Tensor], Tensor]
 
 
@@ -96,6 +103,7 @@ def entropy_importance(
     entropy_fn: EntropyFn | None = None,
     max_batches: int | None = None,
     all_reduce: Callable[[Tensor], Any] | None = None,
+    per_sample_backend: str = "auto",
 ) -> dict[str, Tensor]:
     """SPP importance ``Omega`` (paper eq. 3) of every trainable parameter, without labels.
 
@@ -129,6 +137,13 @@ def entropy_importance(
             processes (e.g. ``torch.distributed.all_reduce``). Each process passes its shard of the
             data; the sums of ``g``, of the curvature and the sample count are reduced before
             averaging, so every process gets the ``Omega`` of the whole data.
+        per_sample_backend: how ``fisher="per_sample"`` gets per-sample gradients. ``"linear"``:
+            when every trainable parameter sits in an ``nn.Linear`` called once per forward on
+            ``(B, features)`` inputs (MLPs), the exact sums are two matrix products of the layer
+            inputs ``a`` and output gradients ``d``: ``sum_n g_n = d^T a`` and
+            ``sum_n g_n**2 = (d**2)^T (a**2)``, at the cost of one backward pass. ``"vmap"``:
+            ``torch.func.vmap`` of per-sample gradients, for any model (memory ~ chunk x params).
+            ``"auto"`` (default) uses ``"linear"`` where it applies, else ``"vmap"``.
 
     Returns:
         ``{name: Omega}`` with ``Omega`` shaped like the parameter, for every parameter with
@@ -142,6 +157,7 @@ def entropy_importance(
     check_choice("hessian", hessian, HESSIANS)
     check_choice("first_order", first_order, FIRST_ORDER_SIGNS)
     check_choice("normalize", normalize, NORMALIZATIONS)
+    check_choice("per_sample_backend", per_sample_backend, PER_SAMPLE_BACKENDS)
     if not isinstance(beta, (int, float)) or not beta > 0 or beta != beta:
         raise ValueError(f"beta must be a positive number, got {beta!r}")
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
@@ -157,6 +173,7 @@ def entropy_importance(
         )
     forward = forward or _call_model
     entropy_fn = entropy_fn or categorical_entropy
+    linear_layers = _linear_layers_covering(model, params) if fisher == "per_sample" else None
     device = next(iter(params.values())).device
 
     modes = {module: module.training for module in model.modules()}
@@ -175,7 +192,15 @@ def entropy_importance(
             if hessian == "exact":
                 g, curv = _exact_terms(model, params, forward, entropy_fn, inputs)
             elif fisher == "per_sample":
-                g, curv = _per_sample_terms(model, params, forward, entropy_fn, inputs, n_scalars)
+                terms = None
+                if per_sample_backend in ("auto", "linear") and linear_layers is not None:
+                    terms = _linear_per_sample_terms(model, linear_layers, forward, entropy_fn, inputs)
+                if terms is None and per_sample_backend == "linear":
+                    raise ValueError(
+                        'per_sample_backend="linear" needs every trainable parameter in an nn.Linear '
+                        'called once per forward on (B, features) inputs; use "auto" or "vmap"'
+                    )
+                g, curv = terms or _per_sample_terms(model, params, forward, entropy_fn, inputs, n_scalars)
             else:
                 g, curv = _batch_terms(model, params, forward, entropy_fn, inputs)
             for name in params:
@@ -204,7 +229,7 @@ def entropy_importance(
             if clamp:
                 value = value.clamp_min(0.0)
             if not torch.isfinite(value).all():
-                raise ValueError(
+                raise DivergedError(
                     f"importance of {name!r} has NaN or Inf values: the model's outputs or weights "
                     "are not finite (a diverged model?). Refusing to use it as a penalty."
                 )
@@ -311,6 +336,77 @@ def _batch_terms(
         g = g.to(_acc_dtype(p))
         g_sum[name] = g * batch_size
         curv_sum[name] = g * g * batch_size
+    return g_sum, curv_sum
+
+
+def _linear_layers_covering(model: nn.Module, params: Mapping[str, Tensor]) -> list[nn.Linear] | None:
+    """The ``nn.Linear`` layers holding every trainable parameter, or ``None`` if some are elsewhere."""
+    layers, covered = [], set()
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            own = [p for p in (module.weight, module.bias) if p is not None and p.requires_grad]
+            if own:
+                layers.append(module)
+                covered.update(id(p) for p in own)
+    if covered != {id(p) for p in params.values()}:
+        return None
+    return layers
+
+
+def _linear_per_sample_terms(
+    model: nn.Module,
+    layers: list[nn.Linear],
+    forward: ForwardFn,
+    entropy_fn: EntropyFn,
+    inputs: tuple,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]] | None:
+    """Exact per-sample sums for an all-``nn.Linear`` model: ``d^T a`` and ``(d**2)^T (a**2)``.
+
+    In eval mode each sample's entropy depends on that sample only, so the gradient of the summed
+    entropy w.r.t. a layer's output row ``n`` is sample ``n``'s ``d_n``, and the layer's per-sample
+    weight gradient is the outer product ``d_n a_n^T``. Returns ``None`` (the caller falls back to
+    ``vmap``) when a layer sees more than 2-D inputs or runs more than once in a forward pass.
+    """
+    seen: dict[nn.Linear, list[tuple[Tensor, Tensor]]] = {layer: [] for layer in layers}
+
+    def record(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        seen[module].append((args[0], output))
+        # Hand a copy to the rest of the network, so an in-place op after the layer (such as
+        # ReLU(inplace=True)) cannot change the tensor whose gradient is read.
+        return output.clone()
+
+    handles = [layer.register_forward_hook(record) for layer in layers]
+    try:
+        batch_size = _batch_size(inputs)
+        entropy = _checked_entropy(entropy_fn, forward(model, *inputs), batch_size).sum()
+    finally:
+        for handle in handles:
+            handle.remove()
+    if any(len(calls) > 1 for calls in seen.values()):
+        return None
+    if any(calls and (calls[0][0].dim() != 2 or calls[0][1].dim() != 2) for calls in seen.values()):
+        return None
+    used = [layer for layer in layers if seen[layer]]
+    outputs = [seen[layer][0][1] for layer in used]
+    grads = torch.autograd.grad(entropy, outputs, allow_unused=True) if outputs else []
+    by_param: dict[int, tuple[Tensor, Tensor]] = {}
+    for layer, d in zip(used, grads, strict=True):
+        if d is None:
+            continue
+        a = seen[layer][0][0].detach().to(_acc_dtype(layer.weight))  # (B, in)
+        d = d.detach().to(_acc_dtype(layer.weight))  # (B, out)
+        by_param[id(layer.weight)] = (d.T @ a, (d * d).T @ (a * a))  # (out, in) each
+        if layer.bias is not None:
+            by_param[id(layer.bias)] = (d.sum(0), (d * d).sum(0))  # (out,) each
+    names = {id(p): n for n, p in model.named_parameters()}
+    g_sum, curv_sum = {}, {}
+    for layer in layers:
+        for p in (layer.weight, layer.bias):
+            if p is None or not p.requires_grad:
+                continue
+            name = names[id(p)]
+            zeros = torch.zeros_like(p, dtype=_acc_dtype(p))
+            g_sum[name], curv_sum[name] = by_param.get(id(p), (zeros, zeros))
     return g_sum, curv_sum
 
 

@@ -70,7 +70,7 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         lam: float = 1.0,
         *,
         importance_samples: int | None = None,
-        importance_batch_size: int = 64,
+        importance_batch_size: int = 256,
         fisher: str = "per_sample",
         first_order: str = "paper",
         normalize: str | None = None,

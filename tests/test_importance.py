@@ -311,3 +311,34 @@ def test_importance_module_does_not_import_avalanche():
     code = "import sys, avalanche_spp.importance; print('avalanche' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_linear_fast_path_equals_vmap_per_sample_gradients():
+    from avalanche.models import MTSimpleMLP
+
+    torch.manual_seed(0)
+    mlp = MTSimpleMLP(input_size=6, hidden_size=8)
+    from types import SimpleNamespace
+
+    for task in (0, 1):
+        mlp.classifier.adaptation(SimpleNamespace(classes_in_this_experience=[0, 1, 2], task_labels=[task]))
+    mlp = mlp.double()
+    x = torch.randn(20, 6, dtype=torch.float64)
+    items = [(x[:9], 0), (x[9:], 1)]
+    fast = entropy_importance(mlp, items, per_sample_backend="linear")
+    slow = entropy_importance(mlp, items, per_sample_backend="vmap")
+    assert set(fast) == set(slow)
+    for name in fast:
+        torch.testing.assert_close(fast[name], slow[name], rtol=1e-9, atol=1e-15)
+
+
+def test_linear_backend_refuses_models_it_cannot_handle():
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+    x = torch.randn(4, 1, 4, 4)
+    with pytest.raises(ValueError, match='per_sample_backend="linear" needs'):
+        entropy_importance(conv, [x], per_sample_backend="linear")
+    # "auto" falls back to vmap and agrees with it
+    auto = entropy_importance(conv, [x])
+    vmapped = entropy_importance(conv, [x], per_sample_backend="vmap")
+    for name in auto:
+        torch.testing.assert_close(auto[name], vmapped[name])

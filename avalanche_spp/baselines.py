@@ -1,0 +1,231 @@
+"""One factory for every method of the comparison, on the same model, optimiser and budget.
+
+The paper (Sec. 4, "Baseline") compares SPP with single-head SGD, SGD with frozen intermediate
+layers (SGD-F), multi-head fine-tuning, EWC, SI, MAS, LwF and joint training. Here each of them is
+an Avalanche strategy built by :func:`build_strategy` from the same :class:`TrainConfig`, so only
+the method differs between runs. EWC, SI, MAS and LwF are Avalanche's own plugins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from avalanche.training import JointTraining, Naive
+from avalanche.training.plugins import (
+    EWCPlugin,
+    LwFPlugin,
+    MASPlugin,
+    SupervisedPlugin,
+    SynapticIntelligencePlugin,
+)
+from torch import nn
+
+from avalanche_spp.plugin import SPPPlugin
+
+METHODS = ("sgd", "sgd_f", "finetune", "ewc", "si", "mas", "lwf", "joint", "spp")
+"""Every method name :func:`build_strategy` accepts, in the paper's table order."""
+
+STRENGTH_NAMES = {
+    "ewc": "ewc_lambda",
+    "si": "si_lambda",
+    "mas": "lambda_reg",
+    "lwf": "alpha",
+    "spp": "lam",
+}
+"""The hyper-parameter each regularised method tunes (its Avalanche / SPPPlugin argument name)."""
+
+STRENGTH_GRIDS: dict[str, tuple[float, ...]] = {
+    "ewc": (1.0, 10.0, 100.0, 1000.0, 10000.0),
+    "si": (0.1, 1.0, 10.0, 100.0, 1000.0),
+    "mas": (0.1, 1.0, 10.0, 100.0, 1000.0),
+    "lwf": (0.1, 0.5, 1.0, 2.0, 5.0),
+    "spp": (1.0, 10.0, 100.0, 1000.0, 10000.0),
+}
+"""Default validation grids, a decade apart and wide enough to hold "too weak" and "too strong".
+
+SPP's importance is an average over samples of an entropy change, so its values are small
+(``1e-5``-``1e-2`` on the MLP benchmarks): its useful ``lam`` is larger than the paper's 0.5-4, whose
+importance was summed differently. A strength at which training diverges is recorded as failed and
+skipped by the tuner.
+"""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training budget shared by every method of a comparison."""
+
+    epochs: int = 5  # passes over each experience (joint: over the union)
+    batch_size: int = 64  # training mini-batch size
+    lr: float = 0.01  # learning rate
+    momentum: float = 0.9  # SGD momentum (0 for plain SGD)
+    optimizer: str = "sgd"  # "sgd" or "adam"
+    eval_batch_size: int = 512  # evaluation mini-batch size
+    hidden: tuple[int, ...] = (512, 256)  # MLP hidden widths (the paper's 784-512-256)
+    dropout: float = 0.0  # MLP dropout
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
+    spp_fisher: str = "per_sample"  # SPP's Fisher estimate
+    spp_first_order: str = "paper"  # SPP's first-order sign
+    spp_normalize: str | None = None  # SPP's normalisation
+    spp_accumulate: str = "sum"  # SPP's accumulation across tasks
+    spp_importance_samples: int | None = None  # SPP importance subset (None: whole experience)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not _finite_positive(self.lr):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be one of ['sgd', 'adam'], got {self.optimizer!r}")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+
+def uses_multi_head(method: str) -> bool:
+    """Every method but single-head ``sgd`` gets one output head per task."""
+    return _check_method(method) != "sgd"
+
+
+def default_strength(method: str) -> float | None:
+    """The middle of the method's grid, or ``None`` for a method without a strength."""
+    grid = STRENGTH_GRIDS.get(_check_method(method))
+    return None if grid is None else grid[len(grid) // 2]
+
+
+def build_strategy(
+    method: str,
+    model: nn.Module,
+    config: TrainConfig,
+    *,
+    strength: float | None = None,
+    evaluator: Any = None,
+    extra_plugins: Sequence[SupervisedPlugin] = (),
+) -> Any:
+    """The Avalanche strategy of ``method`` around ``model``.
+
+    Args:
+        method: one of :data:`METHODS`.
+        model: single-head for ``sgd`` (see :func:`uses_multi_head`), multi-head otherwise; its
+            shared layers must be the attribute ``features`` for ``sgd_f``.
+        config: the shared budget.
+        strength: the method's hyper-parameter (see :data:`STRENGTH_NAMES`); ``None`` takes
+            :func:`default_strength`. Methods without one refuse a value.
+        evaluator: an Avalanche ``EvaluationPlugin`` (``None``: Avalanche's default).
+        extra_plugins: more plugins (loggers, probes).
+
+    Returns:
+        A ``Naive`` strategy with the method's plugin, or ``JointTraining`` for ``joint``.
+
+    Raises:
+        ValueError: unknown method, a strength given to a method without one, or a negative or
+            non-finite strength.
+    """
+    method = _check_method(method)
+    if method in STRENGTH_NAMES:
+        strength = default_strength(method) if strength is None else strength
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+            raise ValueError(f"{method} strength must be a number, got {strength!r}")
+        if not math.isfinite(strength) or strength < 0:
+            raise ValueError(f"{method} strength must be finite and >= 0, got {strength!r}")
+    elif strength is not None:
+        raise ValueError(f"{method} has no strength to tune; got strength={strength!r}")
+    if method == "sgd_f" and not hasattr(model, "features"):
+        raise ValueError("sgd_f freezes model.features after the first task: the model has none")
+
+    plugins: list[SupervisedPlugin] = list(extra_plugins)
+    if method == "sgd_f":
+        plugins.append(FreezeFeaturesPlugin())
+    elif method == "ewc":
+        plugins.append(EWCPlugin(ewc_lambda=float(strength), mode="separate"))
+    elif method == "si":
+        plugins.append(SynapticIntelligencePlugin(si_lambda=float(strength)))
+    elif method == "mas":
+        plugins.append(MASPlugin(lambda_reg=float(strength)))
+    elif method == "lwf":
+        plugins.append(LwFPlugin(alpha=float(strength), temperature=2.0))
+    elif method == "spp":
+        plugins.append(
+            SPPPlugin(
+                lam=float(strength),
+                fisher=config.spp_fisher,
+                first_order=config.spp_first_order,
+                normalize=config.spp_normalize,
+                accumulate=config.spp_accumulate,
+                importance_samples=config.spp_importance_samples,
+            )
+        )
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "optimizer": make_optimizer(model, config),
+        "criterion": nn.CrossEntropyLoss(),
+        "train_mb_size": config.batch_size,
+        "train_epochs": config.epochs,
+        "eval_mb_size": config.eval_batch_size,
+        "device": torch.device(config.device),
+        "plugins": plugins,
+    }
+    if evaluator is not None:
+        kwargs["evaluator"] = evaluator
+    strategy_class = JointTraining if method == "joint" else Naive
+    return strategy_class(**kwargs)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The shared optimiser (Avalanche re-adds new heads' parameters to it before each task)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+
+
+class FreezeFeaturesPlugin(SupervisedPlugin):
+    """SGD-F: after the first experience the shared layers ``model.features`` stop learning.
+
+    Freezing is ``requires_grad_(False)`` plus eval mode for the BatchNorm layers inside
+    ``features`` (their running statistics are frozen too). Avalanche re-adds every parameter to
+    the optimiser and calls ``model.train()`` before each experience, so the plugin re-applies both
+    in ``before_training_exp``. Heads keep learning.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = False
+
+    def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        if self.frozen:
+            freeze_features(strategy.model)
+
+    def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
+        if self.frozen:  # the strategy calls model.train() before every epoch
+            freeze_features(strategy.model)
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        self.frozen = True
+        freeze_features(strategy.model)
+
+
+def freeze_features(model: nn.Module) -> None:
+    """Stop ``model.features`` from learning: no gradients, BatchNorm statistics fixed."""
+    features = getattr(model, "module", model).features
+    features.requires_grad_(False)
+    for module in features.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    return method
+
+
+def _finite_positive(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )

@@ -1,0 +1,226 @@
+"""Run one method on one benchmark with one seed, and return its record.
+
+This is the training logic behind ``python -m benchmarks.run`` and ``benchmarks.sweep``: build the
+stream, the model and the method's strategy; train on each experience in turn and evaluate on every
+task after each (``P[j][i]``); time the training and the importance passes; hand back a record
+(:func:`avalanche_spp.report.build_record`) with the accuracy matrix and the paper's metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.logging import InteractiveLogger
+from avalanche.training.determinism.rng_manager import RNGManager
+from avalanche.training.plugins import EvaluationPlugin
+
+from avalanche_spp.baselines import (
+    STRENGTH_NAMES,
+    TrainConfig,
+    build_strategy,
+    default_strength,
+    uses_multi_head,
+)
+from avalanche_spp.benchmarks import benchmark_info, make_benchmark
+from avalanche_spp.importance import DivergedError
+from avalanche_spp.models import make_model
+from avalanche_spp.plugin import SPPPlugin
+from avalanche_spp.report import build_record
+
+log = logging.getLogger(__name__)
+
+_EXPERIENCE_KEY = re.compile(r"^Top1_Acc_Exp/eval_phase/(?P<stream>[^/]+)/Task\d+/Exp(?P<exp>\d+)$")
+
+TaskEndHook = Callable[[int, Any], None]
+
+
+def run_method(
+    method: str,
+    *,
+    benchmark: str,
+    seed: int,
+    train: TrainConfig,
+    strength: float | None = None,
+    split: str = "test",
+    data_root: str | Path | None = None,
+    n_tasks: int | None = None,
+    benchmark_options: Mapping[str, Any] | None = None,
+    joint_accuracies: list[float] | None = None,
+    progress: bool = False,
+    on_task_end: TaskEndHook | None = None,
+) -> dict[str, Any]:
+    """Train ``method`` on ``benchmark`` and return its run record.
+
+    Args:
+        method: a name from :data:`avalanche_spp.baselines.METHODS`.
+        benchmark: a name from :func:`avalanche_spp.benchmarks.available_benchmarks`.
+        seed: seeds torch, numpy and random (Avalanche's ``RNGManager``) and the benchmark's
+            validation split, permutations and sub-sampling.
+        train: the budget shared by all methods.
+        strength: the method's hyper-parameter (``None``: its default).
+        split: ``"test"`` for final numbers, ``"validation"`` while tuning.
+        data_root: folder of file-based data sets.
+        n_tasks: a shorter (split) or longer (permuted) sequence than the default.
+        benchmark_options: e.g. ``{"train_limit": 500}``.
+        joint_accuracies: ``m_i`` of joint training on the same split and seed, for FWT.
+        progress: show Avalanche's progress bars.
+        on_task_end: called as ``on_task_end(j, strategy)`` after training task ``j`` and its
+            evaluation (``benchmarks.run --save-tensors`` stores weights and importances there).
+
+    Returns:
+        A record (see :func:`avalanche_spp.report.build_record`); ``joint``'s accuracy matrix
+        repeats its final per-task accuracies in every row, so its BWT and SMT are 0.
+    """
+    RNGManager.set_random_seeds(seed)
+    options = dict(benchmark_options or {})
+    stream = make_benchmark(
+        benchmark, split=split, seed=seed, data_root=data_root, n_tasks=n_tasks, **options
+    )
+    info = benchmark_info(benchmark, n_tasks=n_tasks)
+    model = make_model(info, multi_head=uses_multi_head(method), hidden=train.hidden, dropout=train.dropout)
+    evaluator = EvaluationPlugin(
+        accuracy_metrics(experience=True),
+        loggers=[InteractiveLogger()] if progress else [],
+    )
+    strategy = build_strategy(method, model, train, strength=strength, evaluator=evaluator)
+    n = len(stream.train_stream)
+    matrix = np.full((n, n), np.nan)
+    train_seconds = 0.0
+    if method == "joint":
+        start = time.perf_counter()
+        strategy.train(stream.train_stream)
+        train_seconds = time.perf_counter() - start
+        accuracies = _experience_accuracies(strategy.eval(stream.test_stream), n)
+        matrix[:] = accuracies
+        joint_accuracies = list(accuracies)
+        if on_task_end is not None:
+            on_task_end(n - 1, strategy)
+    else:
+        for j, experience in enumerate(stream.train_stream):
+            start = time.perf_counter()
+            strategy.train(experience)
+            train_seconds += time.perf_counter() - start
+            matrix[j] = _experience_accuracies(strategy.eval(stream.test_stream), n)
+            if on_task_end is not None:
+                on_task_end(j, strategy)
+    importance_seconds = sum(sum(p.importance_time_s) for p in strategy.plugins if isinstance(p, SPPPlugin))
+    config = {
+        "benchmark": benchmark,
+        "split": split,
+        "n_tasks": n,
+        "data_root": None if data_root is None else str(data_root),
+        "benchmark_options": options,
+        "train": asdict(train),
+        "torch_threads": torch.get_num_threads(),
+    }
+    return build_record(
+        method=method,
+        benchmark=benchmark,
+        seed=seed,
+        strength=_used_strength(method, strength),
+        config=config,
+        accuracy_matrix=matrix,
+        joint_accuracies=joint_accuracies,
+        wall_time_s={
+            "train": train_seconds,
+            "importance": importance_seconds,
+            "total": train_seconds,
+        },
+    )
+
+
+def tune_strength(
+    grid: Sequence[float], evaluate: Callable[[float], Mapping[str, Any]]
+) -> tuple[float, list[dict[str, Any]]]:
+    """Pick the strength with the best validation ACC (the smallest one on a tie).
+
+    Args:
+        grid: candidate strengths.
+        evaluate: runs the method at a strength on the validation split and returns its record.
+            A run that diverges (:class:`~avalanche_spp.importance.DivergedError`, or a non-finite
+            ACC) is kept as a row with ``acc`` ``None`` and never chosen.
+
+    Returns:
+        ``(best, rows)``; each row holds ``strength`` and the metrics ``acc``, ``bwt``, ``fwt``,
+        ``smt`` of that validation run.
+
+    Raises:
+        ValueError: an empty grid. RuntimeError: every strength diverged.
+    """
+    if not grid:
+        raise ValueError("the strength grid is empty")
+    rows = []
+    for strength in sorted(grid):
+        try:
+            metrics = dict(evaluate(strength)["metrics"])
+        except DivergedError as error:
+            log.warning("strength %g diverged: %s", strength, error)
+            metrics = {"acc": None, "bwt": None, "fwt": None, "smt": None}
+        if metrics.get("acc") is not None and not math.isfinite(metrics["acc"]):
+            metrics["acc"] = None
+        rows.append({"strength": float(strength), **metrics})
+    finished = [r for r in rows if r["acc"] is not None]
+    if not finished:
+        raise RuntimeError(f"every strength of {list(grid)} diverged: lower the grid or the lr")
+    best = max(finished, key=lambda r: (r["acc"], -r["strength"]))
+    return best["strength"], rows
+
+
+class TensorSaver:
+    """An ``on_task_end`` hook: after each task, save weights and SPP importance to a folder.
+
+    Writes ``<folder>/task<j>.pt`` holding ``{"task": j, "weights": {name: tensor},
+    "omega": {name: tensor} | None}`` (the accumulated SPP importance, when the method is SPP),
+    atomically (temporary file, then rename). ``benchmarks.analyze`` reads these.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def __call__(self, task: int, strategy: Any) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        model = getattr(strategy.model, "module", strategy.model)
+        omega = None
+        for plugin in strategy.plugins:
+            if isinstance(plugin, SPPPlugin):
+                omega = {n: t.detach().cpu() for n, t in plugin.omega.items()}
+        payload = {
+            "task": task,
+            "weights": {n: p.detach().cpu() for n, p in model.named_parameters()},
+            "omega": omega,
+        }
+        path = self.folder / f"task{task}.pt"
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+
+
+def _experience_accuracies(results: Mapping[str, Any], n: int) -> np.ndarray:
+    """Per-experience accuracies ``(n,)`` from the dictionary ``strategy.eval`` returns."""
+    accuracies = np.full(n, np.nan)
+    for key, value in results.items():
+        match = _EXPERIENCE_KEY.match(key)
+        if match and int(match["exp"]) < n:
+            accuracies[int(match["exp"])] = float(value)
+    if np.isnan(accuracies).any():
+        missing = np.flatnonzero(np.isnan(accuracies)).tolist()
+        raise RuntimeError(f"evaluation returned no accuracy for experiences {missing}")
+    return accuracies
+
+
+def _used_strength(method: str, strength: float | None) -> float | None:
+    """The strength the method really got (its default when ``strength`` is None)."""
+    if method not in STRENGTH_NAMES:
+        return None
+    return float(default_strength(method) if strength is None else strength)

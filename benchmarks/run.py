@@ -1,0 +1,407 @@
+"""Compare SPP with the classic continual-learning baselines on one benchmark.
+
+    python -m benchmarks.run --benchmark split_digits --methods all --seeds 1 --out runs/digits
+
+For each method with a strength (EWC, SI, MAS, LwF, SPP) the strength is tuned on the validation
+split (carved from the training data, never the test set) over a documented grid, unless given
+with ``--strength METHOD=VALUE``. Then every method runs on the test split for each seed. Each run
+writes one JSON record; the folder gets ``report.md`` with the paper-style table and PNG plots.
+Runs whose JSON already exists are skipped with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avalanche_spp.baselines import METHODS, STRENGTH_GRIDS, STRENGTH_NAMES, TrainConfig
+from avalanche_spp.benchmarks import DatasetNotFoundError, available_benchmarks
+from avalanche_spp.experiment import TensorSaver, run_method, tune_strength
+from avalanche_spp.report import read_json, write_json, write_report
+
+log = logging.getLogger("benchmarks.run")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a comparison depends on; saved as ``config.json`` in the output folder."""
+
+    benchmark: str = "split_digits"  # registry name
+    methods: tuple[str, ...] = METHODS  # methods to compare
+    seeds: tuple[int, ...] = (0,)  # final seeds, evaluated on the test split
+    out: str = "runs/comparison"  # output folder
+    epochs: int = 5  # passes over each experience
+    batch_size: int = 64  # training mini-batch
+    lr: float = 0.01  # learning rate
+    momentum: float = 0.9  # SGD momentum
+    optimizer: str = "sgd"  # "sgd" or "adam"
+    hidden: tuple[int, ...] = (512, 256)  # MLP hidden widths
+    dropout: float = 0.0  # MLP dropout
+    device: str = "cpu"  # torch device
+    data_root: str | None = None  # data folder of file-based benchmarks
+    n_tasks: int | None = None  # sequence length (None: the benchmark's)
+    train_limit: int | None = None  # training samples per task (None: all)
+    eval_limit: int | None = None  # evaluation samples per task (None: all)
+    strengths: tuple[tuple[str, float], ...] = ()  # fixed strengths (no tuning for these)
+    grids: tuple[tuple[str, tuple[float, ...]], ...] = ()  # grids replacing the defaults
+    tune: bool = True  # tune strengths on validation
+    tune_seed: int = 0  # seed of the tuning runs
+    spp_fisher: str = "per_sample"  # SPP options (see SPPPlugin)
+    spp_first_order: str = "paper"
+    spp_normalize: str | None = None
+    spp_accumulate: str = "sum"
+    spp_importance_samples: int | None = None
+    save_tensors: bool = False  # keep weights and importances after each task (benchmarks.analyze)
+    threads: int | None = None  # torch threads (None: torch's default)
+    quiet: bool = False  # no progress bars
+    force: bool = False  # overwrite existing results
+    resume: bool = False  # skip runs whose JSON exists
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            optimizer=self.optimizer,
+            hidden=self.hidden,
+            dropout=self.dropout,
+            device=self.device,
+            spp_fisher=self.spp_fisher,
+            spp_first_order=self.spp_first_order,
+            spp_normalize=self.spp_normalize,
+            spp_accumulate=self.spp_accumulate,
+            spp_importance_samples=self.spp_importance_samples,
+        )
+
+    def benchmark_options(self) -> dict[str, int]:
+        options = {"train_limit": self.train_limit, "eval_limit": self.eval_limit}
+        return {k: v for k, v in options.items() if v is not None}
+
+    def grid(self, method: str) -> tuple[float, ...]:
+        return dict(self.grids).get(method, STRENGTH_GRIDS[method])
+
+
+# Settings that change results: a resumed run must match them.
+_RESULT_FIELDS = tuple(
+    f.name for f in fields(RunConfig) if f.name not in ("out", "quiet", "force", "resume", "threads", "seeds")
+)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
+    """Parse the command line (and an optional ``--config`` JSON file) into a :class:`RunConfig`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        values.update(_read_config_file(parser, args.config))
+    explicit = {k: v for k, v in vars(args).items() if v is not None and k != "config"}
+    values.update(explicit)
+    return _to_config(parser, values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Compare SPP with SGD, SGD-F, fine-tuning, EWC, SI, MAS, LwF and joint training.",
+    )
+    parser.add_argument("--benchmark", help=f"one of {available_benchmarks()} (default split_digits)")
+    parser.add_argument("--methods", help="'all' or a comma list of " + ",".join(METHODS))
+    parser.add_argument("--seeds", type=int, help="number of final seeds: 0 .. N-1 (default 1)")
+    parser.add_argument("--seed-list", help="explicit comma list of seeds (instead of --seeds)")
+    parser.add_argument("--out", help="output folder (default runs/<benchmark>)")
+    parser.add_argument("--config", help="JSON file with any of the settings below (flags override it)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--momentum", type=float)
+    parser.add_argument("--optimizer", choices=("sgd", "adam"))
+    parser.add_argument("--hidden", help="comma list of MLP hidden widths (default 512,256)")
+    parser.add_argument("--dropout", type=float)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--data-root", help="folder of file-based data sets (see docs/datasets.md)")
+    parser.add_argument("--n-tasks", type=int)
+    parser.add_argument("--train-limit", type=int, help="training samples per task")
+    parser.add_argument("--eval-limit", type=int, help="evaluation samples per task")
+    parser.add_argument(
+        "--strength",
+        action="append",
+        metavar="METHOD=VALUE",
+        help="fix a method's strength instead of tuning it (repeatable), e.g. spp=100",
+    )
+    parser.add_argument("--lam", type=float, help="shorthand for --strength spp=VALUE")
+    parser.add_argument(
+        "--grid", action="append", metavar="METHOD=V1,V2,...", help="replace a method's tuning grid"
+    )
+    parser.add_argument("--no-tune", dest="tune", action="store_const", const=False, help="use defaults")
+    parser.add_argument("--tune-seed", type=int)
+    parser.add_argument("--spp-fisher", choices=("per_sample", "batch"))
+    parser.add_argument("--spp-first-order", choices=("paper", "authors"))
+    parser.add_argument("--spp-normalize", choices=("none", "max", "softmax"))
+    parser.add_argument("--spp-accumulate", choices=("sum", "max"))
+    parser.add_argument("--spp-importance-samples", type=int)
+    parser.add_argument("--save-tensors", action="store_const", const=True)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--quiet", action="store_const", const=True, help="no progress output")
+    parser.add_argument("--force", action="store_const", const=True, help="overwrite existing results")
+    parser.add_argument("--resume", action="store_const", const=True, help="skip finished runs")
+    return parser
+
+
+def _read_config_file(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        parser.error(f"--config {path}: no such file")
+    except json.JSONDecodeError as error:
+        parser.error(f"--config {path}: not valid JSON ({error})")
+    if not isinstance(data, dict):
+        parser.error(f"--config {path}: must hold a JSON object of settings")
+    known = {f.name for f in fields(RunConfig)} | {"seed_list", "lam", "strength", "grid"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        parser.error(f"--config {path}: unknown settings {unknown}; known: {sorted(known)}")
+    return data
+
+
+def _to_config(parser: argparse.ArgumentParser, values: dict[str, Any]) -> RunConfig:
+    benchmark = values.get("benchmark", RunConfig.benchmark)
+    if benchmark not in available_benchmarks():
+        parser.error(f"--benchmark must be one of {available_benchmarks()}, got {benchmark!r}")
+    methods = values.get("methods", "all")
+    if isinstance(methods, str):
+        methods = METHODS if methods == "all" else tuple(m.strip() for m in methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        parser.error(f"--methods: unknown {unknown}; use 'all' or a comma list of {list(METHODS)}")
+    if "seed_list" in values:
+        seeds = _parse_numbers(parser, "--seed-list", values.pop("seed_list"), int)
+    else:
+        count = values.get("seeds", 1)
+        if isinstance(count, (list, tuple)):
+            seeds = tuple(int(s) for s in count)
+        elif not isinstance(count, int) or count < 1:
+            parser.error(f"--seeds must be a positive number of seeds, got {count!r}")
+        else:
+            seeds = tuple(range(count))
+    strengths = dict(values.get("strengths", ()))
+    for item in values.pop("strength", None) or ():
+        method, _, value = item.partition("=")
+        if method not in STRENGTH_NAMES or not value:
+            parser.error(f"--strength {item!r}: use METHOD=VALUE with METHOD in {list(STRENGTH_NAMES)}")
+        strengths[method] = _parse_numbers(parser, "--strength", value, float)[0]
+    if values.get("lam") is not None:
+        strengths["spp"] = float(values.pop("lam"))
+    for method, value in strengths.items():
+        if not value >= 0 or value == float("inf"):
+            parser.error(f"the strength of {method} must be a finite number >= 0, got {value!r}")
+    grids = dict((k, tuple(v)) for k, v in values.get("grids", ()))
+    for item in values.pop("grid", None) or ():
+        method, _, listed = item.partition("=")
+        if method not in STRENGTH_NAMES or not listed:
+            parser.error(f"--grid {item!r}: use METHOD=V1,V2 with METHOD in {list(STRENGTH_NAMES)}")
+        grids[method] = _parse_numbers(parser, "--grid", listed, float)
+        if any(not v >= 0 for v in grids[method]):
+            parser.error(f"--grid {item!r}: strengths must be >= 0")
+    hidden = values.get("hidden", RunConfig.hidden)
+    if isinstance(hidden, str):
+        hidden = _parse_numbers(parser, "--hidden", hidden, int)
+    normalize = values.get("spp_normalize")
+    settings = {
+        **values,
+        "benchmark": benchmark,
+        "methods": tuple(methods),
+        "seeds": tuple(seeds),
+        "strengths": tuple(sorted(strengths.items())),
+        "grids": tuple(sorted(grids.items())),
+        "hidden": tuple(int(h) for h in hidden),
+        "spp_normalize": None if normalize in (None, "none") else normalize,
+        "out": values.get("out") or f"runs/{benchmark}",
+    }
+    for key in ("tune", "save_tensors", "quiet", "force", "resume"):
+        settings[key] = bool(settings.get(key, getattr(RunConfig, key)))
+    names = {f.name for f in fields(RunConfig)}
+    config = RunConfig(**{k: v for k, v in settings.items() if k in names})
+    try:
+        config.train_config()  # validates the training budget
+    except ValueError as error:
+        parser.error(str(error))
+    return config
+
+
+def _parse_numbers(parser: argparse.ArgumentParser, flag: str, text: Any, kind: type) -> tuple:
+    if isinstance(text, (list, tuple)):
+        return tuple(kind(v) for v in text)
+    try:
+        return tuple(kind(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        parser.error(f"{flag}: expected a comma list of {kind.__name__} values, got {text!r}")
+        raise  # unreachable: parser.error exits
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if config.quiet else logging.INFO, format="%(message)s")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    try:
+        _prepare_output(out, config)
+        records = run_comparison(config, out)
+    except (DatasetNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    sweep_rows = _sweep_rows(out, "spp")
+    report = write_report(
+        out,
+        records,
+        title=f"{config.benchmark}: SPP and baselines",
+        sweep_rows=sweep_rows or None,
+        notes=_notes(config, out),
+        command=command,
+    )
+    log.info("report: %s", report)
+    return 0
+
+
+def run_comparison(config: RunConfig, out: Path) -> list[dict[str, Any]]:
+    """Tune, then run every method for every seed; returns the final (test) records."""
+    train = config.train_config()
+    strengths = dict(config.strengths)
+    for method in config.methods:
+        if method in STRENGTH_NAMES and method not in strengths:
+            if config.tune:
+                strengths[method] = _tune(config, train, method, out)
+            else:
+                strengths[method] = None
+    records = []
+    for seed in config.seeds:
+        joint = None
+        ordered = sorted(config.methods, key=lambda m: m != "joint")  # joint first: its m_i feed FWT
+        for method in ordered:
+            path = out / "runs" / f"{method}_seed{seed}.json"
+            if config.resume and path.exists():
+                record = read_json(path)
+                log.info("resume: %s exists, skipped", path)
+            else:
+                log.info("run %s seed %d (strength %s)", method, seed, strengths.get(method))
+                saver = TensorSaver(out / "tensors" / f"{method}_seed{seed}") if config.save_tensors else None
+                record = run_method(
+                    method,
+                    benchmark=config.benchmark,
+                    seed=seed,
+                    train=train,
+                    strength=strengths.get(method),
+                    split="test",
+                    data_root=config.data_root,
+                    n_tasks=config.n_tasks,
+                    benchmark_options=config.benchmark_options(),
+                    joint_accuracies=joint,
+                    progress=not config.quiet,
+                    on_task_end=saver,
+                )
+                write_json(path, record)
+            if method == "joint":
+                joint = record["joint_accuracies"]
+            records.append(record)
+        if "joint" not in config.methods:
+            log.info("no joint run: FWT is n/a (add joint to --methods)")
+    return records
+
+
+def _tune(config: RunConfig, train: TrainConfig, method: str, out: Path) -> float | None:
+    grid = config.grid(method)
+    rows = []
+
+    def evaluate(strength: float) -> dict[str, Any]:
+        path = out / "tuning" / f"{method}_{strength:g}.json"
+        if config.resume and path.exists():
+            return read_json(path)
+        record = run_method(
+            method,
+            benchmark=config.benchmark,
+            seed=config.tune_seed,
+            train=train,
+            strength=strength,
+            split="validation",
+            data_root=config.data_root,
+            n_tasks=config.n_tasks,
+            benchmark_options=config.benchmark_options(),
+            progress=False,
+        )
+        write_json(path, record)
+        return record
+
+    best, rows = tune_strength(grid, evaluate)
+    log.info("tuned %s on validation: %s -> %s", method, [(r["strength"], r["acc"]) for r in rows], best)
+    write_json(out / "tuning" / f"{method}_summary.json", {"method": method, "rows": rows, "best": best})
+    return best
+
+
+def _sweep_rows(out: Path, method: str) -> list[dict[str, Any]]:
+    path = out / "tuning" / f"{method}_summary.json"
+    if not path.exists():
+        return []
+    rows = read_json(path)["rows"]
+    return [
+        {"lam": r["strength"], "acc": r["acc"], "bwt": r["bwt"], "fwt": r["fwt"]}
+        for r in rows
+        if r.get("acc") is not None
+    ]
+
+
+def _notes(config: RunConfig, out: Path) -> str:
+    lines = [
+        "Strengths were tuned on the validation split (carved from the training data) with seed "
+        f"{config.tune_seed}; the table reports the test split.",
+    ]
+    for method in config.methods:
+        path = out / "tuning" / f"{method}_summary.json"
+        if path.exists():
+            summary = read_json(path)
+            cells = ", ".join(f"{r['strength']:g}: {_percent(r.get('acc'))}" for r in summary["rows"])
+            lines.append(f"- {method} validation ACC (%) by strength: {cells}; chosen {summary['best']}")
+    lines.append("The lambda plot shows SPP's validation ACC/BWT/FWT over its tuning grid.")
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "diverged" if value is None else f"{100 * value:.1f}"
+
+
+def _prepare_output(out: Path, config: RunConfig) -> None:
+    saved = out / "config.json"
+    has_results = any(out.glob("runs/*.json")) or any(out.glob("tuning/*.json"))
+    if has_results and not (config.force or config.resume):
+        raise FileExistsError(
+            f"{out} already holds results. Pass --resume to continue it, --force to overwrite it, "
+            "or choose another --out."
+        )
+    if config.resume and saved.exists():
+        previous = read_json(saved)
+        current = json.loads(json.dumps(asdict(config)))
+        changed = [k for k in _RESULT_FIELDS if previous.get(k) != current.get(k)]
+        if changed:
+            raise FileExistsError(
+                f"--resume: {out} was made with different settings ({changed}); "
+                "use the same settings, or --force to start over."
+            )
+    if config.force:
+        for path in list(out.glob("runs/*.json")) + list(out.glob("tuning/*.json")):
+            path.unlink()
+    write_json(saved, asdict(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Tests of SPPPlugin inside Avalanche's training loop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+import torch
+from avalanche.benchmarks import nc_benchmark
+from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+from avalanche.models import IncrementalClassifier, MTSimpleMLP, MultiHeadClassifier, MultiTaskModule
+from avalanche.models.dynamic_modules import avalanche_model_adaptation
+from avalanche.training import Naive
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from avalanche_spp import SPPPlugin
+from avalanche_spp.importance import entropy_importance
+
+torch.set_num_threads(1)
+
+
+def _blobs(n_classes: int = 6, per_class: int = 30, dim: int = 8, seed: int = 0):
+    """Well separated Gaussian blobs: a tiny labelled data set that trains in milliseconds."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = 3 * torch.randn(n_classes, dim, generator=gen)
+    x = torch.cat([c + torch.randn(per_class, dim, generator=gen) for c in centres])
+    y = torch.arange(n_classes).repeat_interleave(per_class)
+    return x, y
+
+
+def _stream(task_labels: bool = True, n_experiences: int = 3, class_ids_from_zero: bool = True, **kw):
+    x, y = _blobs(**kw)
+    train = _make_taskaware_tensor_classification_dataset(x, y)
+    test = _make_taskaware_tensor_classification_dataset(x, y)
+    return nc_benchmark(
+        train,
+        test,
+        n_experiences=n_experiences,
+        task_labels=task_labels,
+        seed=0,
+        fixed_class_order=list(range(int(y.max()) + 1)),
+        class_ids_from_zero_in_each_exp=class_ids_from_zero if task_labels else False,
+    )
+
+
+def _strategy(model, plugins, epochs: int = 2):
+    return Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=16,
+        train_epochs=epochs,
+        eval_mb_size=64,
+        plugins=plugins,
+        evaluator=None,
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lam": -1.0}, "lam .* must be a finite number >= 0"),
+        ({"lam": float("nan")}, "lam .* must be a finite number >= 0"),
+        ({"lam": "1"}, "lam .* must be a finite number >= 0"),
+        ({"lam": True}, "lam .* must be a finite number >= 0"),
+        ({"fisher": "full"}, r"fisher must be one of \['per_sample', 'batch'\]"),
+        ({"accumulate": "mean"}, r"accumulate must be one of \['sum', 'max'\]"),
+        ({"normalize": "l1"}, "normalize must be one of"),
+        ({"first_order": "x"}, "first_order must be one of"),
+        ({"importance_samples": 0}, "importance_samples must be a positive int"),
+        ({"importance_batch_size": 2.5}, "importance_batch_size must be a positive int"),
+        ({"beta": 0}, "beta must be a positive number"),
+    ],
+)
+def test_invalid_arguments_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SPPPlugin(**kwargs)
+
+
+def test_penalty_is_zero_after_a_task_and_its_gradient_is_2_lam_omega_delta():
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    plugin = SPPPlugin(lam=3.0)
+    strategy = _strategy(model, [plugin])
+    strategy.train(bench.train_stream[0])
+    assert plugin.omega and plugin.penalty(model).item() == 0.0
+
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    model.zero_grad()
+    plugin.penalty(model).backward()
+    params = dict(model.named_parameters())
+    for name, omega in plugin.omega.items():
+        expected = 2 * 3.0 * omega * (params[name].detach() - plugin.anchor[name])
+        torch.testing.assert_close(params[name].grad, expected)
+    assert sum(o.sum() for o in plugin.omega.values()) > 0
+
+
+def test_new_head_is_free_until_learned_and_old_head_is_penalised():
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    plugin = SPPPlugin(lam=1.0)
+    strategy = _strategy(model, [plugin])
+    strategy.train(bench.train_stream[0])
+    strategy.train(bench.train_stream[1])  # head 1 is created and trained under the penalty
+    assert any(name.startswith("classifier.classifiers.1.") for name in plugin.omega)
+    # What the strategy does before task 2: a new head appears.
+    avalanche_model_adaptation(model, bench.train_stream[2])
+    head2 = model.classifier.classifiers["2"].classifier.weight
+    head0 = model.classifier.classifiers["0"].classifier.weight
+    assert not any(name.startswith("classifier.classifiers.2.") for name in plugin.omega)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05)
+    model.zero_grad()
+    plugin.penalty(model).backward()
+    assert head2.grad is None
+    assert head0.grad.abs().sum() > 0
+
+
+class _GrowingModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+        self.classifier = IncrementalClassifier(16, initial_out_features=2)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def test_incremental_classifier_keeps_old_rows_penalised_and_new_rows_free():
+    bench = _stream(task_labels=False)
+    model = _GrowingModel()
+    plugin = SPPPlugin(lam=2.0)
+    strategy = _strategy(model, [plugin])
+    strategy.train(bench.train_stream[0])
+    old_rows = plugin.omega["classifier.classifier.weight"].shape[0]
+    avalanche_model_adaptation(model, bench.train_stream[1])  # new classes: the output layer grows
+    weight = model.classifier.classifier.weight
+    assert weight.shape[0] > old_rows
+    with torch.no_grad():
+        weight.add_(0.3)
+    model.zero_grad()
+    plugin.penalty(model).backward()
+    assert weight.grad[:old_rows].abs().sum() > 0
+    assert torch.equal(weight.grad[old_rows:], torch.zeros_like(weight.grad[old_rows:]))
+    strategy.train(bench.train_stream[1])  # and the strategy trains through the grown layer
+    assert plugin.omega["classifier.classifier.weight"].shape == weight.shape
+
+
+class _HeadsOfDifferentWidths(MultiTaskModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Linear(8, 16), nn.Tanh())
+        self.heads = nn.ModuleDict({"0": nn.Linear(16, 2), "1": nn.Linear(16, 5)})
+        self.max_class_label = 5
+
+    def forward_single_task(self, x, task_label):
+        return self.heads[str(task_label)](self.features(x))
+
+
+def test_multi_head_importance_ignores_avalanche_zero_padding():
+    torch.manual_seed(0)
+    model = _HeadsOfDifferentWidths()
+    x, _ = _blobs(n_classes=2, per_class=20)
+    labels = torch.zeros(len(x), dtype=torch.long)
+    t = torch.zeros(len(x), dtype=torch.long)  # task 0: the 2-wide head, padded to 5 by Avalanche
+    strategy = SimpleNamespace(model=model, experience=SimpleNamespace(dataset=TensorDataset(x, labels, t)))
+    plugin = SPPPlugin(lam=1.0, importance_batch_size=7)
+    plugin.after_training_exp(strategy)
+    own_logits = entropy_importance(model, [(x, 0)], lambda m, xb, task: m.forward_single_task(xb, task))
+    padded = entropy_importance(model, [(x, t)], lambda m, xb, tb: m(xb, tb), fisher="batch")
+    for name in own_logits:
+        torch.testing.assert_close(plugin.omega[name], own_logits[name])
+    # The padded row (three extra logits of 0) would have given a different importance.
+    assert not torch.allclose(padded["features.0.weight"], own_logits["features.0.weight"])
+
+
+def test_importance_uses_no_labels():
+    torch.manual_seed(0)
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    model.classifier.adaptation(SimpleNamespace(classes_in_this_experience=[0, 1], task_labels=[0]))
+    x, y = _blobs(n_classes=2)
+    t = torch.zeros(len(x), dtype=torch.long)
+    results = []
+    for targets in (y, torch.randint(0, 1000, y.shape), -y):
+        plugin = SPPPlugin()
+        dataset = TensorDataset(x, targets, t)
+        plugin.after_training_exp(SimpleNamespace(model=model, experience=SimpleNamespace(dataset=dataset)))
+        results.append(plugin.omega)
+    for other in results[1:]:
+        for name in results[0]:
+            assert torch.equal(results[0][name], other[name])
+
+
+def test_accumulation_sum_and_max():
+    model = nn.Linear(3, 2)
+    first = {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}
+    second = {"weight": torch.full((2, 3), 2.0), "bias": torch.ones(2)}
+    summed, maxed = SPPPlugin(accumulate="sum"), SPPPlugin(accumulate="max")
+    for plugin in (summed, maxed):
+        plugin.update(model, first)
+        plugin.update(model, second)
+    assert torch.equal(summed.omega["weight"], torch.full((2, 3), 3.0))
+    assert torch.equal(maxed.omega["weight"], torch.full((2, 3), 2.0))
+    assert torch.equal(summed.anchor["bias"], model.bias.detach())
+
+
+def test_shape_change_that_is_not_growth_is_refused():
+    plugin = SPPPlugin()
+    plugin.update(nn.Linear(3, 4), {"weight": torch.ones(4, 3), "bias": torch.ones(4)})
+    with pytest.raises(ValueError, match="changed shape from \\(4, 3\\) to \\(4, 2\\)"):
+        plugin.penalty_terms(nn.Linear(2, 4))
+    with pytest.raises(ValueError, match="no longer has"):
+        plugin.penalty_terms(nn.Sequential(nn.Linear(3, 4)))
+
+
+def test_state_dict_round_trip_and_importance_subset():
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    plugin = SPPPlugin(lam=0.5, importance_samples=10, accumulate="max")
+    _strategy(model, [plugin], epochs=1).train(bench.train_stream[0])
+    fresh = SPPPlugin()
+    fresh.load_state_dict(plugin.state_dict())
+    assert fresh.lam == 0.5 and fresh.accumulate == "max" and fresh.importance_samples == 10
+    for name in plugin.omega:
+        assert torch.equal(fresh.omega[name], plugin.omega[name])
+        assert torch.equal(fresh.anchor[name], plugin.anchor[name])
+    with pytest.raises(ValueError, match="missing keys"):
+        fresh.load_state_dict({"omega": {}})
+
+
+def test_checkpoint_round_trip_in_a_fresh_process(tmp_path):
+    """Save after task 2 with Avalanche, load in a new process, finish: same weights as one run."""
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        sys.path.insert(0, {str(tmp_path)!r})
+        from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
+        from avalanche.training.determinism.rng_manager import RNGManager
+        from avalanche.models import MTSimpleMLP
+        from avalanche.training import Naive
+        from avalanche_spp import SPPPlugin
+        import stream_def
+        torch.set_num_threads(1)
+        mode, ckpt, out = sys.argv[1], sys.argv[2], sys.argv[3]
+        RNGManager.set_random_seeds(0)
+        bench = stream_def.make()
+        model = MTSimpleMLP(input_size=8, hidden_size=16)
+        strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+                         criterion=torch.nn.CrossEntropyLoss(),
+                         train_mb_size=16, train_epochs=2, plugins=[SPPPlugin(lam=5.0)], evaluator=None)
+        start = 0
+        if mode == "resume":
+            strategy, start = maybe_load_checkpoint(strategy, ckpt)
+        for i, exp in enumerate(bench.train_stream):
+            if i < start:
+                continue
+            strategy.train(exp)
+            if mode == "save" and i == 1:
+                save_checkpoint(strategy, ckpt)
+                break
+        if mode != "save":
+            torch.save({{n: p.detach() for n, p in strategy.model.named_parameters()}}, out)
+        """
+    )
+    (tmp_path / "run.py").write_text(script)
+    source = textwrap.dedent(
+        """
+        import torch
+        from avalanche.benchmarks import nc_benchmark
+        from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as mk
+        def make():
+            gen = torch.Generator().manual_seed(0)
+            centres = 3 * torch.randn(6, 8, generator=gen)
+            x = torch.cat([c + torch.randn(30, 8, generator=gen) for c in centres])
+            y = torch.arange(6).repeat_interleave(30)
+            return nc_benchmark(mk(x, y), mk(x, y), n_experiences=3, task_labels=True, seed=0,
+                                fixed_class_order=list(range(6)), class_ids_from_zero_in_each_exp=True)
+        """
+    )
+    (tmp_path / "stream_def.py").write_text(source)
+    ckpt, whole, resumed = tmp_path / "ckpt.pkl", tmp_path / "whole.pt", tmp_path / "resumed.pt"
+
+    def run(*args):
+        subprocess.run([sys.executable, str(tmp_path / "run.py"), *map(str, args)], check=True, timeout=300)
+
+    run("whole", ckpt, whole)
+    run("save", ckpt, "-")
+    assert ckpt.exists()
+    run("resume", ckpt, resumed)
+    a, b = torch.load(whole), torch.load(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_multi_head_classifier_model_end_to_end():
+    class Net(MultiTaskModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+            self.classifier = MultiHeadClassifier(16)
+
+        def forward_single_task(self, x, task_label):
+            return self.classifier(self.features(x), task_label)
+
+    bench = _stream()
+    model = Net()
+    plugin = SPPPlugin(lam=1.0, fisher="batch")
+    strategy = _strategy(model, [plugin], epochs=1)
+    for exp in bench.train_stream:
+        strategy.train(exp)
+    assert len(plugin.importance_time_s) == 3
+    assert {n for n in plugin.omega if "classifiers" in n} == {
+        f"classifier.classifiers.{t}.classifier.{p}" for t in range(3) for p in ("weight", "bias")
+    }
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_state_lives_on_the_model_device():
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    plugin = SPPPlugin(lam=1.0)
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=16,
+        train_epochs=1,
+        plugins=[plugin],
+        evaluator=None,
+        device="cuda",
+    )
+    strategy.train(bench.train_stream[0])
+    strategy.train(bench.train_stream[1])
+    assert all(o.is_cuda for o in plugin.omega.values()) and all(a.is_cuda for a in plugin.anchor.values())
