@@ -109,7 +109,9 @@ def run_method(
     else:
         for j, experience in enumerate(stream.train_stream):
             start = time.perf_counter()
-            strategy.train(experience)
+            # A fresh optimiser state per task: Avalanche keeps SGD momentum across experiences
+            # by default, which moves old heads that get a (zero) penalty gradient.
+            strategy.train(experience, reset_optimizer_state=True)
             train_seconds += time.perf_counter() - start
             matrix[j] = _experience_accuracies(strategy.eval(stream.test_stream), n)
             if on_task_end is not None:

@@ -12,24 +12,25 @@ train single task". Here:
   ``z ~ N(0, I)`` into the shared decoder, so learning anime faces never moves the human-face latent
   code; only the shared convolutions and fc layers can forget, and those are what SPP anchors.
 * No BatchNorm: running statistics are buffers, not parameters, so SPP could not protect them and
-  they would drift to the second domain; the importance pass also needs a pure function of the input.
+  they would drift to the second domain; the importance pass also needs a pure function of x.
 
 The decoder outputs logits of independent per-pixel Bernoulli distributions (inputs scaled to
 ``[0, 1]``); the reconstruction term is the binary cross-entropy summed over pixels.
 
 SPP for this label-free model (paper eqs. 3 and 5, :mod:`avalanche_spp.importance`): the paper's
-entropy is that of a softmax classifier, which a VAE does not have. The VAE's own output distribution
-is the decoder's product of Bernoullis, so ``H(x) = sum_pixels h(sigmoid(decoder(mu_t(x))))`` with
-``h(p) = -p log p - (1 - p) log(1 - p)``, computed from the posterior *mean* (a pure, deterministic
-function of ``x``, as ``torch.func`` needs) on the task's own images. A weight whose removal would
-change how sure the decoder is about every pixel gets a large ``Omega``.
+entropy is that of a softmax classifier, which a VAE does not have. The VAE's own output
+distribution is the decoder's product of Bernoullis, so
+``H(x) = sum_pixels h(sigmoid(decode_t(mu_t(x))))`` with ``h(p) = -p log p - (1 - p) log(1 - p)``,
+computed from the posterior *mean* (a pure, deterministic function of ``x``, as ``torch.func``
+needs) on the task's own images. A weight whose removal would change how sure the decoder is about
+the pixels gets a large ``Omega``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -111,7 +112,9 @@ class ConvVAE(nn.Module):
         self.decoder_fc = nn.Linear(hidden_dim, n_features)
         decoder: list[nn.Module] = []
         reversed_widths = widths[::-1]
-        for i, (c_in, c_out) in enumerate(zip(reversed_widths[:-1], reversed_widths[1:], strict=True)):
+        for i, (c_in, c_out) in enumerate(
+            zip(reversed_widths[:-1], reversed_widths[1:], strict=True)
+        ):
             decoder.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
             if i < depth - 1:
                 decoder.append(nn.ReLU())
@@ -122,13 +125,13 @@ class ConvVAE(nn.Module):
             raise ValueError(f"task must be an int in [0, {self.num_tasks}), got {task!r}")
 
     def encode(self, x: Tensor, task: int) -> tuple[Tensor, Tensor]:
-        """Posterior parameters of task ``task``: ``x (B, C, S, S)`` -> ``(mu, logvar)``, each ``(B, latent)``."""
+        """Posterior of task ``task``: ``x (B, C, S, S)`` -> ``mu, logvar``, each ``(B, L)``."""
         self._check_task(task)
         h = F.relu(self.encoder_fc(self.encoder_convs(x).flatten(1)))  # (B, hidden)
         return self.mu_heads[task](h), self.logvar_heads[task](h)
 
     def decode(self, z: Tensor, task: int) -> Tensor:
-        """Decoder logits of task ``task``: ``z (B, latent)`` -> ``(B, C, S, S)`` Bernoulli logits."""
+        """Decoder of task ``task``: ``z (B, latent)`` -> ``(B, C, S, S)`` Bernoulli logits."""
         self._check_task(task)
         h = F.relu(self.latent_heads[task](z))  # (B, hidden)
         h = F.relu(self.decoder_fc(h)).view(-1, *self._feature_shape)
@@ -145,9 +148,10 @@ class ConvVAE(nn.Module):
         return self.decode(z, task), mu, logvar
 
     def reconstruct_logits(self, x: Tensor, task: int) -> Tensor:
-        """Deterministic reconstruction from the posterior mean: ``decode(mu_t(x))``, ``(B, C, S, S)``.
+        """Reconstruction logits from the posterior mean, ``decode_t(mu_t(x))``: ``(B, C, S, S)``.
 
-        A pure function of ``x`` (no sampling), used for the importance and the reconstruction error.
+        A pure function of ``x`` (no sampling), used for the importance and the reconstruction
+        error.
         """
         mu, _ = self.encode(x, task)
         return self.decode(mu, task)
@@ -173,11 +177,13 @@ class ConvVAE(nn.Module):
         ]
 
     def shared_parameter_names(self) -> list[str]:
-        """Names of the parameters shared by all tasks (convolutions and the two shared fc layers)."""
+        """Names of the parameters shared by all tasks (the convolutions and the two shared fcs)."""
         return [n for n, _ in self.named_parameters() if n.split(".")[0] not in TASK_HEADS]
 
 
-def vae_loss(logits: Tensor, x: Tensor, mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def vae_loss(
+    logits: Tensor, x: Tensor, mu: Tensor, logvar: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """Negative ELBO per image, averaged over the batch.
 
     ``recon = sum_pixels BCE(sigmoid(logits), x)`` and ``kl = KL(N(mu, exp(logvar)) || N(0, I))
@@ -213,14 +219,16 @@ class SPPAnchor:
     omegas: list[Tensor]
 
     def penalty(self, model: nn.Module) -> Tensor:
-        """``sum_k Omega_k (W_k - W*_k)**2`` (paper eq. 5 without lambda) for ``model``'s weights."""
+        """``sum_k Omega_k (W_k - W*_k)**2`` (paper eq. 5 without lambda) of ``model``'s weights."""
         params = dict(model.named_parameters())
         return spp_penalty([params[n] for n in self.names], self.anchors, self.omegas)
 
     def to(self, device: torch.device | str) -> SPPAnchor:
         """A copy on ``device``."""
         return SPPAnchor(
-            list(self.names), [a.to(device) for a in self.anchors], [o.to(device) for o in self.omegas]
+            list(self.names),
+            [a.to(device) for a in self.anchors],
+            [o.to(device) for o in self.omegas],
         )
 
     def state_dict(self) -> dict:
@@ -264,8 +272,9 @@ def task_importance(
 ) -> dict[str, Tensor]:
     """SPP importance ``Omega`` (paper eq. 3) of every parameter, from the decoder's pixel entropy.
 
-    ``H(x) = bernoulli_entropy(decode_t(mu_t(x)))``: the entropy of the decoder's per-pixel Bernoulli
-    distribution, summed over pixels, at the posterior mean of task ``task``, on that task's images.
+    ``H(x) = bernoulli_entropy(decode_t(mu_t(x)))``: the entropy of the decoder's per-pixel
+    Bernoulli distribution, summed over pixels, at the posterior mean of task ``task``, on that
+    task's images.
 
     Args:
         model: the VAE after training on task ``task``.
@@ -331,7 +340,7 @@ def train_epoch(
         task: latent head to train.
         optimizer: over the model's parameters.
         epoch: index, for the stats only.
-        anchor: previous tasks' ``W*`` and ``Omega``; ``None`` or ``lam == 0`` trains without penalty.
+        anchor: previous tasks' ``W*`` and ``Omega``; ``None`` or ``lam == 0``: no penalty.
         lam: penalty strength ``lambda >= 0``.
         amp: bf16 autocast for the forward pass (CUDA only; the loss is computed in float32).
         progress: show a tqdm bar.
@@ -417,22 +426,25 @@ def reconstruction_error(model: ConvVAE, images: Iterable[Tensor], task: int) ->
 
 @torch.no_grad()
 def generate(model: ConvVAE, n: int, task: int, *, seed: int, batch_size: int = 256) -> Tensor:
-    """``n`` samples of task ``task`` from a fixed seed (the same ``z`` for every model).
+    """``n`` samples ``sigmoid(decode_t(z))`` of task ``task``, ``z ~ N(0, I)`` drawn from ``seed``.
+
+    All ``z`` are drawn at once on the CPU, so every model (and every batch size and device) decodes
+    the same latent codes: the panels of Fig. 5 differ only by the decoder.
 
     Returns:
         ``(n, C, S, S)`` float CPU tensor in ``[0, 1]``.
     """
-    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    z = torch.randn(
+        n, model.latent_dim, generator=torch.Generator().manual_seed(seed)
+    )  # (n, latent)
     was_training = model.training
     model.eval()
     try:
         chunks = [
-            model.sample(min(batch_size, n - i), task, generator=generator).cpu()
-            for i in range(0, n, batch_size)
+            torch.sigmoid(model.decode(chunk.to(device), task).float()).cpu()
+            for chunk in z.split(batch_size)
         ]
     finally:
         model.train(was_training)
     return torch.cat(chunks)
-
-
-ProgressFn = Callable[[EpochStats], None]

@@ -1,0 +1,19 @@
+"""Errors shared by the data and model modules of avalanche-spp.
+
+Kept in a module of its own (no imports from the rest of the package) so that
+:mod:`avalanche_spp.benchmarks` and :mod:`avalanche_spp.image_data` can both raise and catch the
+same class without importing each other.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DatasetNotFoundError"]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set a benchmark needs is not under the data root and could not be downloaded.
+
+    The message names, for each missing data set, the folder and the files expected there and
+    where ``docs/datasets.md`` explains how to obtain them. Being a ``FileNotFoundError``, it is
+    caught by code that handles missing files in general.
+    """

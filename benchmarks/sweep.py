@@ -1,0 +1,188 @@
+"""SPP's robustness to its strength (the paper's Fig. 4): ACC, BWT and FWT over a lambda range.
+
+    python -m benchmarks.sweep --benchmark split_fmnist --method spp --lams 0,1,10,100,1000,10000 \
+        --seeds 1 --out runs/sweep_fmnist
+
+This is an analysis of sensitivity, not a tuning step: it runs on the test split by default
+(``--split validation`` for the validation split) and picks nothing. A ``joint`` run per seed gives
+FWT's reference accuracies. Writes one JSON per run, ``sweep.json`` (means per lambda), and
+``sweep.md`` with a table and ``lambda_sweep.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avalanche_spp.baselines import STRENGTH_NAMES, TrainConfig
+from avalanche_spp.benchmarks import DatasetNotFoundError, available_benchmarks
+from avalanche_spp.experiment import run_method
+from avalanche_spp.importance import DivergedError
+from avalanche_spp.report import plot_lambda_sweep, read_json, write_json
+
+log = logging.getLogger("benchmarks.sweep")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    benchmark: str = "split_digits"  # registry name
+    method: str = "spp"  # a method with a strength
+    lams: tuple[float, ...] = (0.0, 1.0, 10.0, 100.0, 1000.0, 10000.0)  # strengths to run
+    seeds: tuple[int, ...] = (0,)  # seeds
+    split: str = "test"  # "test" or "validation"
+    out: str = "runs/sweep"  # output folder
+    train: TrainConfig = TrainConfig()  # shared budget
+    data_root: str | None = None
+    n_tasks: int | None = None
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    quiet: bool = False
+    resume: bool = False  # skip runs whose JSON exists
+
+
+def parse_args(argv: Sequence[str] | None = None) -> SweepConfig:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__)
+    parser.add_argument("--benchmark", default="split_digits", choices=available_benchmarks())
+    parser.add_argument("--method", default="spp", choices=sorted(STRENGTH_NAMES))
+    parser.add_argument("--lams", default="0,1,10,100,1000,10000", help="comma list of strengths")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--split", default="test", choices=("test", "validation"))
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--n-tasks", type=int, default=None)
+    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--eval-limit", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        lams = tuple(float(v) for v in args.lams.split(",") if v.strip())
+    except ValueError:
+        parser.error(f"--lams must be a comma list of numbers, got {args.lams!r}")
+    if not lams or any(not (v >= 0 and np.isfinite(v)) for v in lams):
+        parser.error(f"--lams must be finite numbers >= 0, got {args.lams!r}")
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    return SweepConfig(
+        benchmark=args.benchmark,
+        method=args.method,
+        lams=lams,
+        seeds=tuple(range(args.seeds)),
+        split=args.split,
+        out=args.out or f"runs/sweep_{args.benchmark}_{args.method}",
+        train=train,
+        data_root=args.data_root,
+        n_tasks=args.n_tasks,
+        train_limit=args.train_limit,
+        eval_limit=args.eval_limit,
+        quiet=args.quiet,
+        resume=args.resume,
+    )
+
+
+def run_sweep(config: SweepConfig) -> list[dict[str, float | None]]:
+    """Run every strength for every seed; returns one row of mean metrics per strength."""
+    out = Path(config.out)
+    options = {"train_limit": config.train_limit, "eval_limit": config.eval_limit}
+    common = {
+        "benchmark": config.benchmark,
+        "train": config.train,
+        "split": config.split,
+        "data_root": config.data_root,
+        "n_tasks": config.n_tasks,
+        "benchmark_options": {k: v for k, v in options.items() if v is not None},
+        "progress": not config.quiet,
+    }
+
+    def cached(path: Path, method: str, **kwargs) -> dict | None:
+        if config.resume and path.exists():
+            return read_json(path)
+        try:
+            record = run_method(method, **common, **kwargs)
+        except DivergedError as error:
+            log.warning("%s diverged: %s", path.name, error)
+            return None
+        write_json(path, record)
+        return record
+
+    per_lam: dict[float, list[dict]] = {lam: [] for lam in config.lams}
+    for seed in config.seeds:
+        joint = cached(out / "runs" / f"joint_seed{seed}.json", "joint", seed=seed)
+        for lam in config.lams:
+            log.info("%s lam=%g seed=%d", config.method, lam, seed)
+            record = cached(
+                out / "runs" / f"{config.method}_{lam:g}_seed{seed}.json",
+                config.method,
+                seed=seed,
+                strength=lam,
+                joint_accuracies=joint["joint_accuracies"],
+            )
+            if record is not None:
+                per_lam[lam].append(record["metrics"])
+    rows = []
+    for lam, metrics in per_lam.items():
+        row: dict[str, float | None] = {"lam": lam, "n": len(metrics)}
+        for key in ("acc", "bwt", "fwt", "smt"):
+            values = [m[key] for m in metrics if m[key] is not None]
+            row[key] = float(np.mean(values)) if values else None
+            row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def write_sweep(config: SweepConfig, rows: list[dict]) -> Path:
+    out = Path(config.out)
+    write_json(out / "sweep.json", {"config": asdict(config), "rows": rows})
+    finished = [r for r in rows if r["acc"] is not None]
+    if finished:
+        plot_lambda_sweep(finished, out / "lambda_sweep.png")
+    lines = [
+        f"# {config.method} strength sweep on {config.benchmark} ({config.split} split)",
+        "",
+        f"Seeds: {list(config.seeds)}; numbers in percent, mean over seeds; raw data: `sweep.json`.",
+        "",
+        "| lambda | ACC (%) | BWT (%) | FWT (%) | n |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = ["diverged" if r[k] is None else f"{100 * r[k]:.2f}" for k in ("acc", "bwt", "fwt")]
+        lines.append(f"| {r['lam']:g} | " + " | ".join(cells) + f" | {r['n']} |")
+    if finished:
+        lines += ["", "![lambda sweep](lambda_sweep.png)"]
+    path = out / "sweep.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if config.quiet else logging.INFO, format="%(message)s")
+    try:
+        rows = run_sweep(config)
+    except DatasetNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"sweep written to {write_sweep(config, rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
