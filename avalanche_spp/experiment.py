@@ -13,6 +13,7 @@ import math
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -89,10 +90,12 @@ def run_method(
     )
     info = benchmark_info(benchmark, n_tasks=n_tasks)
     model = make_model(info, multi_head=uses_multi_head(method), hidden=train.hidden, dropout=train.dropout)
-    evaluator = EvaluationPlugin(
-        accuracy_metrics(experience=True),
-        loggers=[InteractiveLogger()] if progress else [],
-    )
+    with warnings.catch_warnings():  # "No loggers specified" when progress is off: intended
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        evaluator = EvaluationPlugin(
+            accuracy_metrics(experience=True),
+            loggers=[InteractiveLogger()] if progress else [],
+        )
     strategy = build_strategy(method, model, train, strength=strength, evaluator=evaluator)
     n = len(stream.train_stream)
     matrix = np.full((n, n), np.nan)
