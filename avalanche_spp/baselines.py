@@ -24,6 +24,7 @@ from avalanche.training.plugins import (
 )
 from torch import nn
 
+from avalanche_spp.cnn import freeze_features
 from avalanche_spp.plugin import SPPPlugin
 
 METHODS = ("sgd", "sgd_f", "finetune", "ewc", "si", "mas", "lwf", "joint", "spp")
@@ -208,15 +209,6 @@ class FreezeFeaturesPlugin(SupervisedPlugin):
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         self.frozen = True
         freeze_features(strategy.model)
-
-
-def freeze_features(model: nn.Module) -> None:
-    """Stop ``model.features`` from learning: no gradients, BatchNorm statistics fixed."""
-    features = getattr(model, "module", model).features
-    features.requires_grad_(False)
-    for module in features.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
 
 
 def _check_method(method: str) -> str:

@@ -1,0 +1,118 @@
+"""Each method of the comparison is built as promised; the comparison CLI writes its report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from avalanche.training import JointTraining, Naive
+from avalanche.training.plugins import EWCPlugin, LwFPlugin, MASPlugin, SynapticIntelligencePlugin
+
+from avalanche_spp import SPPPlugin
+from avalanche_spp.baselines import (
+    METHODS,
+    FreezeFeaturesPlugin,
+    TrainConfig,
+    build_strategy,
+    default_strength,
+    uses_multi_head,
+)
+from avalanche_spp.benchmarks import benchmark_info, make_benchmark
+from avalanche_spp.models import MultiHeadMLP, SingleHeadMLP, make_model
+from benchmarks import run as run_cli
+
+torch.set_num_threads(1)
+PLUGIN = {
+    "sgd_f": FreezeFeaturesPlugin,
+    "ewc": EWCPlugin,
+    "si": SynapticIntelligencePlugin,
+    "mas": MASPlugin,
+    "lwf": LwFPlugin,
+    "spp": SPPPlugin,
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_is_built_with_its_plugin_and_model(method):
+    info = benchmark_info("split_digits")
+    model = make_model(info, multi_head=uses_multi_head(method), hidden=(16,))
+    assert isinstance(model, SingleHeadMLP if method == "sgd" else MultiHeadMLP)
+    strategy = build_strategy(method, model, TrainConfig(epochs=1, hidden=(16,)))
+    assert isinstance(strategy, JointTraining if method == "joint" else Naive)
+    found = [p for p in strategy.plugins if isinstance(p, PLUGIN[method])] if method in PLUGIN else []
+    assert len(found) == (1 if method in PLUGIN else 0)
+    if method == "spp":
+        assert found[0].lam == default_strength("spp")
+
+
+def test_strength_errors():
+    model = make_model(benchmark_info("split_digits"), hidden=(16,))
+    with pytest.raises(ValueError, match="method must be one of"):
+        build_strategy("packnet", model, TrainConfig())
+    with pytest.raises(ValueError, match="finetune has no strength"):
+        build_strategy("finetune", model, TrainConfig(), strength=1.0)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        build_strategy("ewc", model, TrainConfig(), strength=-1.0)
+    with pytest.raises(ValueError, match="lr must be"):
+        TrainConfig(lr=0)
+
+
+def test_sgd_f_freezes_the_shared_layers_after_the_first_task():
+    bench = make_benchmark("split_digits", n_tasks=2)
+    model = make_model(benchmark_info("split_digits"), hidden=(16,))
+    strategy = build_strategy("sgd_f", model, TrainConfig(epochs=1, lr=0.1, hidden=(16,)))
+    strategy.train(bench.train_stream[0])
+    before = [p.detach().clone() for p in model.features.parameters()]
+    strategy.train(bench.train_stream[1])
+    for old, new in zip(before, model.features.parameters(), strict=True):
+        assert torch.equal(old, new)
+    assert model.classifier.classifiers["1"].classifier.weight.grad is not None
+
+
+def test_comparison_cli_writes_report_and_protects_results(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = [
+        "--benchmark",
+        "split_digits",
+        "--methods",
+        "finetune,joint,spp",
+        "--n-tasks",
+        "2",
+        "--epochs",
+        "1",
+        "--hidden",
+        "16",
+        "--grid",
+        "spp=1,10",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert run_cli.main(argv) == 0
+    for name in ("report.md", "summary.json", "config.json", "accuracy_over_tasks.png"):
+        assert (out / name).exists(), name
+    record = json.loads((out / "runs" / "spp_seed0.json").read_text())
+    assert record["strength"] in (1.0, 10.0) and record["config"]["split"] == "test"
+    assert record["metrics"]["fwt"] is not None  # joint ran first
+    tuning = json.loads((out / "tuning" / "spp_summary.json").read_text())
+    assert [r["strength"] for r in tuning["rows"]] == [1.0, 10.0]
+    assert "| spp |" in (out / "report.md").read_text()
+    assert run_cli.main(argv) == 2  # results exist: refused without --resume / --force
+    assert "--resume" in capsys.readouterr().err
+    stamp = (out / "runs" / "spp_seed0.json").stat().st_mtime_ns
+    assert run_cli.main([*argv, "--resume"]) == 0
+    assert (out / "runs" / "spp_seed0.json").stat().st_mtime_ns == stamp  # skipped, not rerun
+
+
+def test_comparison_cli_refuses_bad_arguments(tmp_path):
+    for argv in (
+        ["--benchmark", "nope"],
+        ["--methods", "sgd,packnet"],
+        ["--lam", "-1"],
+        ["--strength", "finetune=1"],
+        ["--epochs", "0"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli.main([*argv, "--out", str(tmp_path / "x")])
+        assert exit_info.value.code == 2
