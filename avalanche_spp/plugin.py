@@ -277,6 +277,9 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             batch_size=self.importance_batch_size,
             shuffle=False,
             sampler=sampler,
+            # Its own generator: iterating a loader draws a seed from the global RNG otherwise,
+            # which would shift the training shuffles of later tasks (SPP at lam=0 == Naive).
+            generator=torch.Generator().manual_seed(self.seed),
             collate_fn=getattr(strategy.experience.dataset, "collate_fn", None),
         )
         multi_task = is_multi_task_module(model)

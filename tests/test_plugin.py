@@ -341,3 +341,19 @@ def test_state_lives_on_the_model_device():
     strategy.train(bench.train_stream[0])
     strategy.train(bench.train_stream[1])
     assert all(o.is_cuda for o in plugin.omega.values()) and all(a.is_cuda for a in plugin.anchor.values())
+
+
+def test_spp_with_zero_strength_trains_exactly_like_naive():
+    """The importance pass has no side effect: no RNG drawn, model mode restored, no gradient left."""
+    bench = _stream()
+    weights = []
+    for plugins in ([], [SPPPlugin(lam=0.0)]):
+        torch.manual_seed(0)
+        model = MTSimpleMLP(input_size=8, hidden_size=16)
+        strategy = _strategy(model, plugins)
+        for exp in bench.train_stream:
+            strategy.train(exp)
+        weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
