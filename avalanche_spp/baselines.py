@@ -40,18 +40,20 @@ STRENGTH_NAMES = {
 """The hyper-parameter each regularised method tunes (its Avalanche / SPPPlugin argument name)."""
 
 STRENGTH_GRIDS: dict[str, tuple[float, ...]] = {
-    "ewc": (1.0, 10.0, 100.0, 1000.0, 10000.0),
-    "si": (0.1, 1.0, 10.0, 100.0, 1000.0),
-    "mas": (0.1, 1.0, 10.0, 100.0, 1000.0),
+    "ewc": (1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6),
+    "si": (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5),
+    "mas": (0.1, 1.0, 10.0, 100.0, 1e3, 1e4),
     "lwf": (0.1, 0.5, 1.0, 2.0, 5.0),
-    "spp": (1.0, 10.0, 100.0, 1000.0, 10000.0),
+    "spp": (10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6),
 }
-"""Default validation grids, a decade apart and wide enough to hold "too weak" and "too strong".
+"""Default validation grids, wide enough to hold "too weak" and "too strong" for every method.
 
 SPP's importance is an average over samples of an entropy change, so its values are small
 (``1e-5``-``1e-2`` on the MLP benchmarks): its useful ``lam`` is larger than the paper's 0.5-4, whose
-importance was summed differently. A strength at which training diverges is recorded as failed and
-skipped by the tuner.
+importance was summed differently, and it is capped by the stability of SGD (see
+``docs/method.md``), so its grid is half a decade apart. A strength at which training diverges is
+recorded as diverged and never chosen; the tuner then skips the larger strengths of the grid
+(:func:`avalanche_spp.experiment.tune_strength`).
 """
 
 
@@ -146,7 +148,7 @@ def build_strategy(
     elif method == "ewc":
         plugins.append(EWCPlugin(ewc_lambda=float(strength), mode="separate"))
     elif method == "si":
-        plugins.append(SynapticIntelligencePlugin(si_lambda=float(strength)))
+        plugins.append(CopyingSynapticIntelligencePlugin(si_lambda=float(strength)))
     elif method == "mas":
         plugins.append(MASPlugin(lambda_reg=float(strength)))
     elif method == "lwf":
@@ -183,6 +185,43 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr)
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+
+
+class CopyingSynapticIntelligencePlugin(SynapticIntelligencePlugin):
+    """Avalanche's SI (Zenke et al. 2017) with its weight snapshots really copied.
+
+    Avalanche 0.6.0 stores its snapshots with ``param.detach().cpu().flatten()``. On the CPU that
+    is a *view* of the live weights, not a copy: ``theta_old`` and ``theta_new`` of every step are
+    the same memory, the path integral ``sum g * (theta_new - theta_old)`` is exactly 0, the
+    anchor of the penalty moves with the weights, and SI trains exactly like fine-tuning
+    (``tests/test_baselines.py`` shows it). On a GPU ``.cpu()`` copies and Avalanche's class works.
+    This subclass takes the snapshots as copies and otherwise keeps Avalanche's algorithm
+    (its damping ``xi``, clipping and sign conventions) untouched.
+    """
+
+    def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        super().before_training_exp(strategy, **kwargs)  # creates the buffers for new parameters
+        self._snapshot(strategy.model, self.ewc_data[0])  # the start of the path: a copy
+
+    def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        self._snapshot(strategy.model, self.syn_data["old_theta"])
+
+    def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        self._snapshot(strategy.model, self.syn_data["new_theta"])
+        self._snapshot(strategy.model, self.syn_data["grad"], grad=True)
+        with torch.no_grad():
+            for name, trajectory in self.syn_data["trajectory"].items():
+                step = self.syn_data["new_theta"][name].data - self.syn_data["old_theta"][name].data
+                trajectory.data += self.syn_data["grad"][name].data * step
+
+    @torch.no_grad()
+    def _snapshot(self, model: nn.Module, target: Any, *, grad: bool = False) -> None:
+        for name, param in SynapticIntelligencePlugin.allowed_parameters(model, self.excluded_parameters):
+            source = param.grad if grad else param
+            if source is None:  # a parameter without gradient this step: no path increment
+                target[name].data = torch.zeros(param.numel())
+                continue
+            target[name].data = source.detach().flatten().to("cpu", copy=True)
 
 
 class FreezeFeaturesPlugin(SupervisedPlugin):

@@ -7,7 +7,7 @@ same class without importing each other.
 
 from __future__ import annotations
 
-__all__ = ["DatasetNotFoundError"]
+__all__ = ["CheckpointMismatchError", "DatasetNotFoundError"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -16,4 +16,12 @@ class DatasetNotFoundError(FileNotFoundError):
     The message names, for each missing data set, the folder and the files expected there and
     where ``docs/datasets.md`` explains how to obtain them. Being a ``FileNotFoundError``, it is
     caught by code that handles missing files in general.
+    """
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint cannot continue this run: it was written by another run, or it is unreadable.
+
+    The message names the file and what differs (method, seed, strength, model, budget...), and
+    says to delete the file or drop ``--resume`` to start that run again.
     """

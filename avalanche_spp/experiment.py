@@ -8,9 +8,12 @@ task after each (``P[j][i]``); time the training and the importance passes; hand
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
+import random
 import re
 import time
 import warnings
@@ -21,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.logging import InteractiveLogger
 from avalanche.training.determinism.rng_manager import RNGManager
@@ -34,6 +38,7 @@ from avalanche_spp.baselines import (
     uses_multi_head,
 )
 from avalanche_spp.benchmarks import benchmark_info, make_benchmark
+from avalanche_spp.errors import CheckpointMismatchError
 from avalanche_spp.importance import DivergedError
 from avalanche_spp.models import make_model
 from avalanche_spp.plugin import SPPPlugin
@@ -60,6 +65,7 @@ def run_method(
     joint_accuracies: list[float] | None = None,
     progress: bool = False,
     on_task_end: TaskEndHook | None = None,
+    checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on ``benchmark`` and return its run record.
 
@@ -78,6 +84,13 @@ def run_method(
         progress: show Avalanche's progress bars.
         on_task_end: called as ``on_task_end(j, strategy)`` after training task ``j`` and its
             evaluation (``benchmarks.run --save-tensors`` stores weights and importances there).
+        checkpoint: a file for resuming. After every experience (training and evaluation) the
+            whole strategy (model, optimiser, plugins' state), the accuracy rows so far and the
+            random number generators are saved there atomically (a temporary file, then a
+            rename). If the file exists when the run starts, the run continues after the last
+            saved experience and ends with the same record as an uninterrupted run (bit-identical
+            on the CPU). The file is removed once the run is complete. ``joint`` trains once and
+            is not checkpointed.
 
     Returns:
         A record (see :func:`avalanche_spp.report.build_record`); ``joint``'s accuracy matrix
@@ -110,15 +123,43 @@ def run_method(
         if on_task_end is not None:
             on_task_end(n - 1, strategy)
     else:
-        for j, experience in enumerate(stream.train_stream):
+        fingerprint = {
+            "method": method,
+            "benchmark": benchmark,
+            "seed": seed,
+            "strength": _used_strength(method, strength),
+            "split": split,
+            "n_tasks": n,
+            "benchmark_options": options,
+            "train": asdict(train),
+            "model": {name: tuple(p.shape) for name, p in model.named_parameters()},
+        }
+        first = 0
+        if checkpoint is not None:
+            checkpoint = Path(checkpoint)
+            if checkpoint.exists():
+                strategy, saved = _load_checkpoint(strategy, checkpoint, fingerprint)
+                matrix, train_seconds, first = saved["matrix"], saved["train_seconds"], saved["next_task"]
+                log.info("resumed %s seed %d after task %d (%s)", method, seed, first - 1, checkpoint)
+        for j in range(first, n):
             start = time.perf_counter()
             # A fresh optimiser state per task: Avalanche keeps SGD momentum across experiences
             # by default, which moves old heads that get a (zero) penalty gradient.
-            strategy.train(experience, reset_optimizer_state=True)
+            strategy.train(stream.train_stream[j], reset_optimizer_state=True)
             train_seconds += time.perf_counter() - start
+            _check_finite_weights(strategy.model, method, j)
             matrix[j] = _experience_accuracies(strategy.eval(stream.test_stream), n)
             if on_task_end is not None:
                 on_task_end(j, strategy)
+            if checkpoint is not None and j + 1 < n:
+                _save_checkpoint(
+                    strategy,
+                    checkpoint,
+                    {"fingerprint": fingerprint, "matrix": matrix, "train_seconds": train_seconds,
+                     "next_task": j + 1},
+                )
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)  # the record returned below holds everything
     importance_seconds = sum(sum(p.importance_time_s) for p in strategy.plugins if isinstance(p, SPPPlugin))
     config = {
         "benchmark": benchmark,
@@ -151,31 +192,41 @@ def tune_strength(
     """Pick the strength with the best validation ACC (the smallest one on a tie).
 
     Args:
-        grid: candidate strengths.
+        grid: candidate strengths, tried from the smallest up.
         evaluate: runs the method at a strength on the validation split and returns its record.
             A run that diverges (:class:`~avalanche_spp.importance.DivergedError`, or a non-finite
-            ACC) is kept as a row with ``acc`` ``None`` and never chosen.
+            ACC) is kept as a row with ``acc`` ``None`` and ``status`` ``"diverged"`` and never
+            chosen. A stronger penalty only makes the SGD step less stable, so the strengths above
+            a diverged one are not run: their rows have ``status`` ``"skipped"``.
 
     Returns:
-        ``(best, rows)``; each row holds ``strength`` and the metrics ``acc``, ``bwt``, ``fwt``,
-        ``smt`` of that validation run.
+        ``(best, rows)``; each row holds ``strength``, ``status`` (``"ok"``, ``"diverged"`` or
+        ``"skipped"``) and the metrics ``acc``, ``bwt``, ``fwt``, ``smt`` of that validation run.
 
     Raises:
         ValueError: an empty grid. RuntimeError: every strength diverged.
     """
     if not grid:
         raise ValueError("the strength grid is empty")
-    rows = []
+    empty = {"acc": None, "bwt": None, "fwt": None, "smt": None}
+    rows: list[dict[str, Any]] = []
+    diverged_at: float | None = None
     for strength in sorted(grid):
+        if diverged_at is not None:
+            rows.append({"strength": float(strength), "status": "skipped", **empty})
+            continue
         try:
             metrics = dict(evaluate(strength)["metrics"])
         except DivergedError as error:
             log.warning("strength %g diverged: %s", strength, error)
-            metrics = {"acc": None, "bwt": None, "fwt": None, "smt": None}
+            metrics = dict(empty)
         if metrics.get("acc") is not None and not math.isfinite(metrics["acc"]):
             metrics["acc"] = None
-        rows.append({"strength": float(strength), **metrics})
-    finished = [r for r in rows if r["acc"] is not None]
+        status = "ok" if metrics.get("acc") is not None else "diverged"
+        if status == "diverged":
+            diverged_at = float(strength)
+        rows.append({"strength": float(strength), "status": status, **metrics})
+    finished = [r for r in rows if r["status"] == "ok"]
     if not finished:
         raise RuntimeError(f"every strength of {list(grid)} diverged: lower the grid or the lr")
     best = max(finished, key=lambda r: (r["acc"], -r["strength"]))
@@ -209,6 +260,65 @@ class TensorSaver:
         tmp = path.with_suffix(".pt.tmp")
         torch.save(payload, tmp)
         os.replace(tmp, path)
+
+
+def _check_finite_weights(model: torch.nn.Module, method: str, task: int) -> None:
+    """Refuse to go on with a model whose weights became NaN or infinite (training diverged)."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise DivergedError(
+            f"{method}: training diverged on task {task}: weights {bad[:3]} are not finite. "
+            "Lower the learning rate or the method's strength."
+        )
+
+
+def _save_checkpoint(strategy: Any, path: Path, progress: dict[str, Any]) -> None:
+    """Avalanche's strategy checkpoint plus this run's progress and RNG states, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    strategy.run_progress = {
+        **progress,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        },
+    }
+    try:
+        save_checkpoint(strategy, tmp)
+    finally:
+        del strategy.run_progress
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(strategy: Any, path: Path, fingerprint: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Restore a strategy saved by :func:`_save_checkpoint` and check it belongs to this run."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # Avalanche prints its device mapping
+            strategy, _ = maybe_load_checkpoint(strategy, path, map_location=strategy.device)
+        saved = strategy.__dict__.pop("run_progress")
+    except Exception as error:  # a truncated or foreign file: any unpickling error
+        raise CheckpointMismatchError(
+            f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); "
+            "delete it to start this run again"
+        ) from error
+    if saved["fingerprint"] != fingerprint:
+        changed = sorted(
+            k for k in fingerprint.keys() | saved["fingerprint"].keys()
+            if fingerprint.get(k) != saved["fingerprint"].get(k)
+        )
+        raise CheckpointMismatchError(
+            f"checkpoint {path} was written by a different run (differs in {changed}); "
+            "delete it, or rerun with the settings that wrote it"
+        )
+    rng = saved["rng"]
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    return strategy, saved
 
 
 def _experience_accuracies(results: Mapping[str, Any], n: int) -> np.ndarray:

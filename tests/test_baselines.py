@@ -12,6 +12,7 @@ from avalanche.training.plugins import EWCPlugin, LwFPlugin, MASPlugin, Synaptic
 from avalanche_spp import SPPPlugin
 from avalanche_spp.baselines import (
     METHODS,
+    CopyingSynapticIntelligencePlugin,
     FreezeFeaturesPlugin,
     TrainConfig,
     build_strategy,
@@ -26,7 +27,7 @@ torch.set_num_threads(1)
 PLUGIN = {
     "sgd_f": FreezeFeaturesPlugin,
     "ewc": EWCPlugin,
-    "si": SynapticIntelligencePlugin,
+    "si": CopyingSynapticIntelligencePlugin,
     "mas": MASPlugin,
     "lwf": LwFPlugin,
     "spp": SPPPlugin,
@@ -116,3 +117,47 @@ def test_comparison_cli_refuses_bad_arguments(tmp_path):
         with pytest.raises(SystemExit) as exit_info:
             run_cli.main([*argv, "--out", str(tmp_path / "x")])
         assert exit_info.value.code == 2
+
+
+def _si_after_one_experience(plugin_class):
+    """Train a small MLP on split-digits task 0 with an SI plugin; return the plugin and model."""
+    torch.manual_seed(0)
+    stream = make_benchmark("split_digits", split="test", seed=0, train_limit=200)
+    model = make_model(benchmark_info("split_digits"), hidden=(16,))
+    plugin = plugin_class(si_lambda=1.0)
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        criterion=torch.nn.CrossEntropyLoss(),
+        train_mb_size=32,
+        train_epochs=1,
+        plugins=[plugin],
+        evaluator=None,
+    )
+    strategy.train(stream.train_stream[0])
+    return plugin, model, strategy
+
+
+def test_si_learns_a_nonzero_importance_and_anchor_that_does_not_move():
+    plugin, model, strategy = _si_after_one_experience(CopyingSynapticIntelligencePlugin)
+    importance = torch.cat([d.data for d in plugin.ewc_data[1].values()])
+    assert importance.abs().sum() > 0  # the path integral saw the weights move
+    anchor = {n: d.data.clone() for n, d in plugin.ewc_data[0].items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    for name, p in model.named_parameters():
+        if name in anchor:  # the anchor is a copy, not the live weights
+            assert not torch.equal(anchor[name], p.detach().flatten())
+    loss = CopyingSynapticIntelligencePlugin.compute_ewc_loss(
+        model, plugin.ewc_data, plugin.excluded_parameters, device="cpu", lambd=1.0
+    )
+    assert loss.item() != 0.0
+
+
+def test_avalanche_si_is_inert_on_cpu_which_is_why_the_copying_class_exists():
+    # Documents the upstream bug the copying class fixes: if Avalanche fixes it, this fails
+    # and the workaround can go.
+    plugin, _, _ = _si_after_one_experience(SynapticIntelligencePlugin)
+    importance = torch.cat([d.data for d in plugin.ewc_data[1].values()])
+    assert importance.abs().sum() == 0
