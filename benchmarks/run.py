@@ -6,7 +6,11 @@ For each method with a strength (EWC, SI, MAS, LwF, SPP) the strength is tuned o
 split (carved from the training data, never the test set) over a documented grid, unless given
 with ``--strength METHOD=VALUE``. Then every method runs on the test split for each seed. Each run
 writes one JSON record; the folder gets ``report.md`` with the paper-style table and PNG plots.
-Runs whose JSON already exists are skipped with ``--resume``.
+
+A killed comparison continues with the same command plus ``--resume``: runs whose JSON exists are
+skipped, and an unfinished run continues from its checkpoint in ``<out>/checkpoints/`` (written
+after every experience, removed when the run ends), so it ends with the numbers an uninterrupted
+run would have given.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import torch
 
 from avalanche_spp.baselines import METHODS, STRENGTH_GRIDS, STRENGTH_NAMES, TrainConfig
 from avalanche_spp.benchmarks import DatasetNotFoundError, available_benchmarks
+from avalanche_spp.errors import CheckpointMismatchError
 from avalanche_spp.experiment import TensorSaver, run_method, tune_strength
+from avalanche_spp.importance import DivergedError
 from avalanche_spp.report import read_json, write_json, write_report
 
 log = logging.getLogger("benchmarks.run")
@@ -258,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _prepare_output(out, config)
         records = run_comparison(config, out)
-    except (DatasetNotFoundError, FileExistsError) as error:
+    except (DatasetNotFoundError, FileExistsError, CheckpointMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -310,6 +316,7 @@ def run_comparison(config: RunConfig, out: Path) -> list[dict[str, Any]]:
                     joint_accuracies=joint,
                     progress=not config.quiet,
                     on_task_end=saver,
+                    checkpoint=out / "checkpoints" / f"{method}_seed{seed}.pt",
                 )
                 write_json(path, record)
             if method == "joint":
@@ -328,18 +335,24 @@ def _tune(config: RunConfig, train: TrainConfig, method: str, out: Path) -> floa
         path = out / "tuning" / f"{method}_{strength:g}.json"
         if config.resume and path.exists():
             return read_json(path)
-        record = run_method(
-            method,
-            benchmark=config.benchmark,
-            seed=config.tune_seed,
-            train=train,
-            strength=strength,
-            split="validation",
-            data_root=config.data_root,
-            n_tasks=config.n_tasks,
-            benchmark_options=config.benchmark_options(),
-            progress=False,
-        )
+        checkpoint = out / "checkpoints" / f"tuning_{method}_{strength:g}.pt"
+        try:
+            record = run_method(
+                method,
+                benchmark=config.benchmark,
+                seed=config.tune_seed,
+                train=train,
+                strength=strength,
+                split="validation",
+                data_root=config.data_root,
+                n_tasks=config.n_tasks,
+                benchmark_options=config.benchmark_options(),
+                progress=False,
+                checkpoint=checkpoint,
+            )
+        except DivergedError:
+            checkpoint.unlink(missing_ok=True)  # a diverged run is recorded in the summary only
+            raise
         write_json(path, record)
         return record
 
@@ -382,7 +395,11 @@ def _percent(value: float | None) -> str:
 
 def _prepare_output(out: Path, config: RunConfig) -> None:
     saved = out / "config.json"
-    has_results = any(out.glob("runs/*.json")) or any(out.glob("tuning/*.json"))
+    if config.force and config.resume:
+        raise FileExistsError("give either --resume (continue) or --force (start over), not both")
+    has_results = (
+        any(out.glob("runs/*.json")) or any(out.glob("tuning/*.json")) or any(out.glob("checkpoints/*.pt"))
+    )
     if has_results and not (config.force or config.resume):
         raise FileExistsError(
             f"{out} already holds results. Pass --resume to continue it, --force to overwrite it, "
@@ -398,7 +415,8 @@ def _prepare_output(out: Path, config: RunConfig) -> None:
                 "use the same settings, or --force to start over."
             )
     if config.force:
-        for path in list(out.glob("runs/*.json")) + list(out.glob("tuning/*.json")):
+        stale = list(out.glob("runs/*.json")) + list(out.glob("tuning/*.json"))
+        for path in stale + list(out.glob("checkpoints/*.pt")) + list(out.glob("checkpoints/*.tmp")):
             path.unlink()
     write_json(saved, asdict(config))
 
