@@ -1,0 +1,156 @@
+"""Runs that are killed continue where they stopped and end with the numbers of an unkilled run.
+
+The two command-line tests start a real subprocess, SIGKILL it while it trains (after its first
+checkpoint is on disk), run the same command again with ``--resume`` and compare with a run that
+was never interrupted: the accuracy matrices (benchmarks.run) and the weights (VAE) must be
+bit-identical on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_generative import _argv as vae_argv
+from test_generative import write_anime, write_celeba
+
+from avalanche_spp.baselines import TrainConfig
+from avalanche_spp.errors import CheckpointMismatchError
+from avalanche_spp.experiment import run_method
+from benchmarks import run as run_cli
+from generative import vae_sequence
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = TrainConfig(epochs=1, hidden=(32,), lr=0.1)
+DIGITS = {"benchmark": "split_digits", "train": TRAIN, "benchmark_options": {"train_limit": 100}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt_after(task: int):
+    def hook(j, strategy):
+        if j == task:
+            raise _Interrupted
+
+    return hook
+
+
+@pytest.mark.parametrize("method", ["spp", "ewc", "si", "mas", "lwf", "sgd_f"])
+def test_run_interrupted_after_task_2_resumes_to_the_uninterrupted_matrix(method, tmp_path):
+    full = run_method(method, seed=0, **DIGITS)
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(_Interrupted):  # dies after task 2's evaluation, before its checkpoint
+        run_method(method, seed=0, checkpoint=checkpoint, on_task_end=_interrupt_after(2), **DIGITS)
+    saved = torch.load(checkpoint, weights_only=False)  # the strategy after task 1
+    assert saved["exp_counter"] == 2
+    resumed = run_method(method, seed=0, checkpoint=checkpoint, **DIGITS)
+    assert np.array_equal(np.array(full["accuracy_matrix"]), np.array(resumed["accuracy_matrix"]))
+    assert not checkpoint.exists()  # removed once the record is complete
+
+
+def test_same_seed_repeats_exactly_and_another_seed_differs():
+    first = run_method("spp", seed=0, strength=100.0, **DIGITS)
+    again = run_method("spp", seed=0, strength=100.0, **DIGITS)
+    other = run_method("spp", seed=1, strength=100.0, **DIGITS)
+    assert first["accuracy_matrix"] == again["accuracy_matrix"]
+    assert first["accuracy_matrix"] != other["accuracy_matrix"]
+
+
+def test_a_checkpoint_of_another_run_or_a_corrupt_one_is_refused(tmp_path):
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(_Interrupted):
+        run_method("spp", seed=0, strength=10.0, checkpoint=checkpoint, on_task_end=_interrupt_after(1), **DIGITS)
+    with pytest.raises(CheckpointMismatchError, match=r"different run \(differs in \['seed', 'strength'\]\)"):
+        run_method("spp", seed=1, strength=100.0, checkpoint=checkpoint, **DIGITS)
+    wider = TrainConfig(epochs=1, hidden=(16,), lr=0.1)
+    with pytest.raises(CheckpointMismatchError, match="'model'"):
+        run_method("spp", seed=0, strength=10.0, checkpoint=checkpoint, **{**DIGITS, "train": wider})
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # a save cut short
+    with pytest.raises(CheckpointMismatchError, match="cannot be read.*delete it"):
+        run_method("spp", seed=0, strength=10.0, checkpoint=checkpoint, **DIGITS)
+
+
+def _kill_when(process: subprocess.Popen, ready, timeout: float = 120.0) -> None:
+    """SIGKILL ``process`` as soon as ``ready()`` is true; fail if it ends or times out first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None:
+            out = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            pytest.fail(f"the run ended (status {process.returncode}) before it could be killed:\n{out}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("no checkpoint appeared in time")
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
+
+
+def _spawn(module: str, argv: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *argv], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+def test_benchmark_run_killed_by_sigkill_resumes_to_the_same_numbers(tmp_path):
+    def argv(out: Path) -> list[str]:
+        return [
+            "--benchmark", "split_digits", "--methods", "finetune,spp", "--seeds", "1", "--no-tune",
+            "--lam", "100", "--epochs", "3", "--hidden", "64", "--lr", "0.1", "--out", str(out),
+            "--quiet", "--threads", "1",
+        ]
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert run_cli.main(argv(full)) == 0
+    process = _spawn("benchmarks.run", argv(killed))
+    _kill_when(process, lambda: (killed / "checkpoints" / "spp_seed0.pt").exists())
+    assert run_cli.main(argv(killed)) == 2  # results exist: refused without --resume
+    assert run_cli.main([*argv(killed), "--resume"]) == 0
+    for name in ("finetune_seed0.json", "spp_seed0.json"):
+        a, b = (json.loads((root / "runs" / name).read_text()) for root in (full, killed))
+        assert a["accuracy_matrix"] == b["accuracy_matrix"]
+        assert a["metrics"] == b["metrics"]
+    assert not list((killed / "checkpoints").glob("*.pt"))
+
+
+def test_vae_run_killed_by_sigkill_resumes_bit_identically(tmp_path):
+    data = tmp_path / "data"
+    write_celeba(data)
+    write_anime(data)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert vae_sequence.main(vae_argv(data, full)) == 0
+
+    def spp_epoch_1_saved() -> bool:
+        path = killed / "checkpoints" / "spp_lam100.pt"
+        if not path.exists():
+            return False
+        return len(torch.load(path, weights_only=False)["history"]) == 1
+
+    process = _spawn("generative.vae_sequence", vae_argv(data, killed))
+    _kill_when(process, spp_epoch_1_saved)
+    assert not (killed / "metrics.json").exists()
+    assert vae_sequence.main(vae_argv(data, killed, "--resume")) == 0
+    a, b = (torch.load(root / "checkpoints" / "spp_lam100.pt", weights_only=False) for root in (full, killed))
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    metrics = [json.loads((root / "metrics.json").read_text())["runs"] for root in (full, killed)]
+    assert metrics[0] == metrics[1]  # distances and reconstruction errors of every run, exactly
