@@ -25,7 +25,8 @@ from avalanche.training.plugins import (
 from torch import nn
 
 from avalanche_spp.cnn import freeze_features
-from avalanche_spp.plugin import SPPPlugin
+from avalanche_spp.importance import FIRST_ORDER_SIGNS, FISHER_ESTIMATES, NORMALIZATIONS, check_choice
+from avalanche_spp.plugin import ACCUMULATIONS, SPPPlugin
 
 METHODS = ("sgd", "sgd_f", "finetune", "ewc", "si", "mas", "lwf", "joint", "spp")
 """Every method name :func:`build_strategy` accepts, in the paper's table order."""
@@ -68,7 +69,7 @@ class TrainConfig:
     optimizer: str = "sgd"  # "sgd" or "adam"
     eval_batch_size: int = 512  # evaluation mini-batch size
     hidden: tuple[int, ...] = (512, 256)  # MLP hidden widths (the paper's 784-512-256)
-    dropout: float = 0.0  # MLP dropout
+    dropout: float | None = None  # dropout; None: the model's default (MLP 0, CNN heads 0.5 as the paper)
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
     spp_fisher: str = "per_sample"  # SPP's Fisher estimate
     spp_first_order: str = "paper"  # SPP's first-order sign
@@ -87,8 +88,23 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be one of ['sgd', 'adam'], got {self.optimizer!r}")
-        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+        dropout = self.dropout
+        if dropout is not None and not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        hidden = self.hidden
+        if not isinstance(hidden, (tuple, list)) or not hidden or not all(_positive_int(h) for h in hidden):
+            raise ValueError(f"hidden must be a non-empty tuple of positive ints (widths), got {hidden!r}")
+        if not _is_device(self.device):
+            raise ValueError(
+                f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {self.device!r}"
+            )
+        check_choice("spp_fisher", self.spp_fisher, FISHER_ESTIMATES)
+        check_choice("spp_first_order", self.spp_first_order, FIRST_ORDER_SIGNS)
+        check_choice("spp_normalize", self.spp_normalize, NORMALIZATIONS)
+        check_choice("spp_accumulate", self.spp_accumulate, ACCUMULATIONS)
+        samples = self.spp_importance_samples
+        if samples is not None and not _positive_int(samples):
+            raise ValueError(f"spp_importance_samples must be a positive int or None, got {samples!r}")
 
 
 def uses_multi_head(method: str) -> bool:
@@ -127,10 +143,16 @@ def build_strategy(
         A ``Naive`` strategy with the method's plugin, or ``JointTraining`` for ``joint``.
 
     Raises:
-        ValueError: unknown method, a strength given to a method without one, or a negative or
-            non-finite strength.
+        ValueError: unknown method, a model or config of the wrong type, a strength given to a
+            method without one, or a strength that is not a finite number >= 0.
     """
     method = _check_method(method)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(config, TrainConfig):
+        raise ValueError(
+            f"config must be a TrainConfig (e.g. TrainConfig(epochs=1)), got {type(config).__name__}"
+        )
     if method in STRENGTH_NAMES:
         strength = default_strength(method) if strength is None else strength
         if isinstance(strength, bool) or not isinstance(strength, (int, float)):
@@ -254,6 +276,19 @@ def _check_method(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     return method
+
+
+def _is_device(value: Any) -> bool:
+    if isinstance(value, torch.device):
+        return True
+    try:
+        return isinstance(value, str) and torch.device(value) is not None
+    except RuntimeError:
+        return False
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _finite_positive(value: Any) -> bool:

@@ -63,14 +63,16 @@ from torch.utils.data import Dataset
 
 # One error class for every data set of the package (image_data raises it too): a
 # FileNotFoundError whose message names the folder, the files expected and how to obtain them.
-from avalanche_spp.errors import DatasetNotFoundError
+from avalanche_spp.errors import DatasetCorruptError, DatasetNotFoundError
 
 __all__ = [
     "BenchmarkInfo",
+    "DatasetCorruptError",
     "DatasetNotFoundError",
     "FlatImageDataset",
     "available_benchmarks",
     "benchmark_info",
+    "check_benchmark_options",
     "default_data_root",
     "make_benchmark",
 ]
@@ -79,6 +81,9 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("test", "validation")
 MODEL_FAMILIES = ("mlp", "vgg9", "resnet18")
+# Smallest square image side each CNN takes: VGG-9 pools three times by 2; ResNet-18 halves the
+# image five times, so below 32 its last stage would be less than one pixel wide.
+MIN_IMAGE_SIZE = {"vgg9": 8, "resnet18": 32}
 
 # The four decompressed IDX files torchvision's MNIST and FashionMNIST read from <root>/<Class>/raw.
 MNIST_FILES = (
@@ -225,19 +230,57 @@ def available_benchmarks() -> list[str]:
     return list(_REGISTRY)
 
 
-def benchmark_info(name: str, *, n_tasks: int | None = None) -> BenchmarkInfo:
+def benchmark_info(
+    name: str, *, n_tasks: int | None = None, image_size: int | None = None
+) -> BenchmarkInfo:
     """Static description of benchmark ``name`` (no data is loaded).
 
     Args:
         name: a name from :func:`available_benchmarks`.
         n_tasks: the task count a :func:`make_benchmark` call will use, if not the default; the
             returned info then describes that shorter (or, for permuted ones, longer) sequence.
+        image_size: image benchmarks only: the side ``S`` of the square images a
+            :func:`make_benchmark` call with the option ``image_size=S`` gives; ``input_shape`` is
+            then ``(3, S, S)``. ``None``: the paper's size.
 
     Raises:
-        ValueError: unknown name (the message lists the known ones) or an unsupported ``n_tasks``.
+        ValueError: unknown name (the message lists the known ones), an unsupported ``n_tasks``, an
+            ``image_size`` for an MLP benchmark or below :data:`MIN_IMAGE_SIZE` of its network.
     """
     spec = _spec(name)
-    return _resize(spec, n_tasks)
+    return _with_image_size(_resize(spec, n_tasks), image_size)
+
+
+def check_benchmark_options(name: str, *, n_tasks: int | None = None, **options: Any) -> BenchmarkInfo:
+    """Check a benchmark's name, task count and options without loading any data.
+
+    Command lines call it while parsing, so that a bad ``--n-tasks`` or ``--train-limit`` is refused
+    before any training starts. :func:`make_benchmark` makes the same checks.
+
+    Returns:
+        :func:`benchmark_info` for ``n_tasks`` (and ``image_size``, if given).
+
+    Raises:
+        ValueError: unknown name, unsupported ``n_tasks``, an option the benchmark does not accept,
+            or a ``train_limit`` / ``eval_limit`` that is not an int of at least one sample per class.
+    """
+    spec = _spec(name)
+    info = _with_image_size(_resize(spec, n_tasks), options.get("image_size"))
+    if spec.options is not None:
+        unknown = sorted(set(options) - set(spec.options))
+        if unknown:
+            raise ValueError(
+                f"{name} does not accept option(s) {unknown}; its options are {sorted(spec.options)}"
+            )
+        _check_limits(info, options.get("train_limit"), options.get("eval_limit"))
+    else:  # an image benchmark: its builder's own options (importing it loads no data)
+        from avalanche_spp import image_data
+
+        allowed = image_data.accepted_options(name)
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(f"{name} does not accept option(s) {unknown}; its options are {list(allowed)}")
+    return info
 
 
 def make_benchmark(
@@ -263,14 +306,16 @@ def make_benchmark(
         validation_fraction: share of each class's training data held out for validation, in
             (0, 1). Training always uses the remaining ``1 - validation_fraction``.
         n_tasks: number of tasks, default ``benchmark_info(name).n_tasks``. Split benchmarks take
-            their first ``n_tasks`` tasks; permuted ones take any count >= 1; the image
-            benchmarks' counts are fixed.
+            their first ``n_tasks`` tasks, and so do the image benchmarks (the same tasks, with
+            the same seeded class order, as the full sequence's first ones); permuted ones take
+            any count >= 1.
         **options: per benchmark. MLP benchmarks: ``train_limit`` (at most this many training
             samples per task, stratified, seeded) and ``eval_limit`` (the same for each task of
             ``test_stream``; permuted benchmarks draw one sub-sample that every task shows under
             its own permutation); permuted ones also ``permute_first`` (default False: task 0 is
             unpermuted); MNIST / Fashion-MNIST also ``download`` (default True). Image benchmarks
-            pass every option to :func:`avalanche_spp.image_data.build`.
+            pass every option to :func:`avalanche_spp.image_data.build`; their ``image_size`` is
+            checked first as :func:`benchmark_info` does.
 
     Returns:
         An Avalanche ``ClassificationScenario`` from ``dataset_benchmark`` (image benchmarks: what
@@ -280,8 +325,10 @@ def make_benchmark(
 
     Raises:
         ValueError: unknown name, bad ``split`` / ``seed`` / ``validation_fraction`` / ``n_tasks``,
-            or an option the benchmark does not accept.
-        DatasetNotFoundError: the data files are missing and could not be obtained.
+            a ``data_root`` that is not a path, or an option the benchmark does not accept.
+        DatasetNotFoundError: the data files are missing and could not be obtained (or
+            ``data_root`` is a file, not a folder).
+        DatasetCorruptError: a data file is present but truncated or not in its format.
     """
     spec = _spec(name)
     if split not in SPLITS:
@@ -297,8 +344,15 @@ def make_benchmark(
             "validation_fraction must be a number strictly between 0 and 1, "
             f"got {validation_fraction!r}"
         )
-    info = _resize(spec, n_tasks)
+    info = _with_image_size(_resize(spec, n_tasks), options.get("image_size"))
+    if data_root is not None and not isinstance(data_root, (str, os.PathLike)):
+        raise ValueError(f"data_root must be a folder path (str or Path) or None, got {data_root!r}")
     root = default_data_root() if data_root is None else Path(data_root).expanduser()
+    if info.needs_data_root and root.exists() and not root.is_dir():
+        raise DatasetNotFoundError(
+            f"data_root {root} is a file, not a folder: pass the folder that holds the data sets "
+            "(see docs/datasets.md)"
+        )
     unknown = sorted(set(options) - set(spec.options)) if spec.options is not None else []
     if unknown:
         raise ValueError(
@@ -412,6 +466,8 @@ def _build_image(
 ) -> Any:
     """Delegate to :func:`avalanche_spp.image_data.build`, imported only now."""
     image_data = importlib.import_module("avalanche_spp.image_data")
+    if info.n_tasks != _REGISTRY[info.name].info.n_tasks:
+        options["n_tasks"] = info.n_tasks  # the first n_tasks tasks
     return image_data.build(
         info.name,
         data_root=data_root,
@@ -577,8 +633,15 @@ def _load_torchvision(class_name: str, data_root: Path, *, download: bool) -> _A
     if _missing(raw):
         reason = "The download left none." if download else "Downloading is off (download=False)."
         raise DatasetNotFoundError(_missing_message(class_name, raw, reason))
-    train = dataset_class(str(data_root), train=True, download=False)
-    test = dataset_class(str(data_root), train=False, download=False)
+    _check_idx_files(class_name, raw)
+    try:
+        train = dataset_class(str(data_root), train=True, download=False)
+        test = dataset_class(str(data_root), train=False, download=False)
+    except Exception as exc:  # what the header check cannot see: one clear error, not torchvision's
+        raise DatasetCorruptError(
+            f"{class_name}: torchvision cannot read the files in {raw} ({type(exc).__name__}: "
+            f"{exc}). {_refetch_hint(class_name, raw)}"
+        ) from exc
     return _Arrays(
         train_x=train.data.reshape(train.data.shape[0], -1),  # (60000, 784) uint8
         train_y=train.targets.to(torch.int64),
@@ -586,6 +649,62 @@ def _load_torchvision(class_name: str, data_root: Path, *, download: bool) -> _A
         test_y=test.targets.to(torch.int64),
         scale=1.0 / BYTE_MAX_VALUE,
     )
+
+
+def _check_idx_files(class_name: str, raw: Path) -> None:
+    """Check the four IDX files' headers and sizes (cheap: 16 bytes and a ``stat`` each).
+
+    Raises:
+        DatasetCorruptError: a truncated, empty or foreign file, or images and labels of a split
+            whose counts differ. The message names the file and says to delete it.
+    """
+    counts = {}
+    for name in MNIST_FILES:
+        path = raw / name
+        ndim = 3 if "images" in name else 1
+        with open(path, "rb") as handle:
+            header = handle.read(4 + 4 * ndim)
+        size = path.stat().st_size
+        problem = None
+        if len(header) < 4 + 4 * ndim:
+            problem = f"it holds {size} bytes, too few for an IDX header"
+        elif header[:4] != bytes([0, 0, 8, ndim]):
+            problem = (
+                f"it does not start with the IDX magic number of {ndim}-d unsigned bytes "
+                f"(00 00 08 0{ndim}) but with {header[:4].hex(' ')} (not an IDX file, or still gzipped?)"
+            )
+        else:
+            dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+            expected = 4 + 4 * ndim + math.prod(dims)
+            if size != expected:
+                problem = (
+                    f"its header promises {expected} bytes (shape {dims}) but it holds {size} "
+                    "(a truncated or interrupted copy?)"
+                )
+            counts[name] = dims[0]
+        if problem:
+            raise DatasetCorruptError(
+                f"{class_name} file {path} is corrupt: {problem}. " + _refetch_hint(class_name, raw, path)
+            )
+    for split in ("train", "t10k"):
+        images, labels = counts[f"{split}-images-idx3-ubyte"], counts[f"{split}-labels-idx1-ubyte"]
+        if images != labels:
+            raise DatasetCorruptError(
+                f"{class_name} files in {raw} do not match: {split}-images-idx3-ubyte holds {images} "
+                f"images but {split}-labels-idx1-ubyte {labels} labels. "
+                + _refetch_hint(class_name, raw)
+            )
+
+
+def _refetch_hint(class_name: str, raw: Path, path: Path | None = None) -> str:
+    what, it = (f"Delete {path}", "it") if path is not None else (f"Delete the files in {raw}", "them")
+    source = (
+        f"imports {it} again from {DEBIAN_FASHION_MNIST_DIR} (Debian's dataset-fashion-mnist) or "
+        f"downloads {it}"
+        if class_name == "FashionMNIST"
+        else f"downloads {it} again (needs a network)"
+    )
+    return f"{what}: the next run {source}; or copy good, gunzipped files there."
 
 
 def _missing(raw: Path) -> list[str]:
@@ -603,8 +722,16 @@ def _import_debian_fashion_mnist(raw: Path) -> None:
         if target.is_file():
             continue
         partial = target.with_name(f"{name}.partial")
-        with gzip.open(source, "rb") as src, open(partial, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        try:
+            with gzip.open(source, "rb") as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+            partial.unlink(missing_ok=True)
+            raise DatasetCorruptError(
+                f"FashionMNIST: cannot decompress {source} ({exc}); reinstall Debian's package "
+                "(`apt-get install --reinstall dataset-fashion-mnist`) or put the gunzipped files "
+                f"in {raw} yourself"
+            ) from exc
         partial.replace(target)  # atomic: never leaves a half-written file under the final name
     log.info("FashionMNIST: imported Debian's files from %s into %s", DEBIAN_FASHION_MNIST_DIR, raw)
 
@@ -658,6 +785,27 @@ def _resize(spec: _Spec, n_tasks: int | None) -> BenchmarkInfo:
     return replace(info, n_tasks=n_tasks, classes_per_task=widths)
 
 
+def _with_image_size(info: BenchmarkInfo, image_size: Any) -> BenchmarkInfo:
+    """``info`` with ``input_shape`` ``(C, S, S)`` for ``image_size`` S, after checking S fits the network."""
+    if image_size is None:
+        return info
+    if info.model_family == "mlp":
+        image_benchmarks = [n for n, s in _REGISTRY.items() if s.info.model_family != "mlp"]
+        raise ValueError(
+            f"image_size applies to the image benchmarks {image_benchmarks} only; {info.name} is an "
+            f"MLP benchmark with inputs of fixed shape {info.input_shape}"
+        )
+    minimum = MIN_IMAGE_SIZE[info.model_family]
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer (pixels per side), got {image_size!r}")
+    if image_size < minimum:
+        raise ValueError(
+            f"image_size {image_size} is too small for {info.name} (network {info.model_family}): "
+            f"the minimum is {minimum} (paper size {info.input_shape[-1]})"
+        )
+    return replace(info, input_shape=(info.input_shape[0], image_size, image_size))
+
+
 def _mlp_spec(
     name: str, *, load: Callable[..., _Arrays], kind: str, n_tasks: int, n_pixels: int, about: str
 ) -> _Spec:
@@ -697,7 +845,7 @@ def _image_spec(
         needs_data_root=True,
         description=about,
     )
-    return _Spec(info=info, build=_build_image, options=None, n_tasks="fixed")
+    return _Spec(info=info, build=_build_image, options=None, n_tasks="prefix")
 
 
 _SPECS = (

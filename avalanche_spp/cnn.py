@@ -51,6 +51,8 @@ from avalanche.models import MultiTaskModule
 from torch import Tensor, nn
 from torchvision.models import resnet18
 
+from avalanche_spp.benchmarks import MIN_IMAGE_SIZE
+
 __all__ = [
     "FAMILIES",
     "PAD_VALUE",
@@ -346,6 +348,11 @@ def make_cnn(family: str, info: Any, *, multi_head: bool = True, dropout: float 
     input_shape = _check_shape(getattr(info, "input_shape", ()))
     if input_shape[0] != 3:
         raise ValueError(f"the CNNs take 3-channel images, info.input_shape is {input_shape}")
+    if min(input_shape[1:]) < MIN_IMAGE_SIZE[family]:
+        raise ValueError(
+            f"{family} needs images of at least {MIN_IMAGE_SIZE[family]}x{MIN_IMAGE_SIZE[family]}, "
+            f"info.input_shape is {input_shape}"
+        )
     if family == "vgg9":
         features: nn.Module = VGG9Features(input_shape, dropout=p)
         factory = functools.partial(_linear_head, features.out_features)

@@ -7,7 +7,7 @@ same class without importing each other.
 
 from __future__ import annotations
 
-__all__ = ["CheckpointMismatchError", "DatasetNotFoundError"]
+__all__ = ["CheckpointMismatchError", "DatasetCorruptError", "DatasetNotFoundError"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -16,6 +16,16 @@ class DatasetNotFoundError(FileNotFoundError):
     The message names, for each missing data set, the folder and the files expected there and
     where ``docs/datasets.md`` explains how to obtain them. Being a ``FileNotFoundError``, it is
     caught by code that handles missing files in general.
+    """
+
+
+class DatasetCorruptError(ValueError):
+    """A data file is present but unreadable: truncated, empty, or not the format expected.
+
+    The message names the file, what is wrong with it (size, magic number, sample counts) and says
+    to delete it so that the next run imports or downloads it again (or to replace it with a good
+    copy). A ``ValueError``, not a ``DatasetNotFoundError``: code that falls back when data is
+    absent must not silently fall back when it is broken.
     """
 
 

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
 from avalanche.evaluation.metrics import accuracy_metrics
-from avalanche.logging import InteractiveLogger
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin
+from tqdm.auto import tqdm
 
 from avalanche_spp.baselines import (
     STRENGTH_NAMES,
@@ -79,9 +79,13 @@ def run_method(
         split: ``"test"`` for final numbers, ``"validation"`` while tuning.
         data_root: folder of file-based data sets.
         n_tasks: a shorter (split) or longer (permuted) sequence than the default.
-        benchmark_options: e.g. ``{"train_limit": 500}``.
+        benchmark_options: e.g. ``{"train_limit": 500}``; image benchmarks also take
+            ``image_size`` (pixels per side; the model is built for that size, see
+            :func:`avalanche_spp.benchmarks.benchmark_info`).
         joint_accuracies: ``m_i`` of joint training on the same split and seed, for FWT.
-        progress: show Avalanche's progress bars.
+        progress: show a progress bar over the experiences (tqdm, on stderr). Avalanche's
+            ``InteractiveLogger`` is not used: it prints every metric and costs more than the
+            training of these small models.
         on_task_end: called as ``on_task_end(j, strategy)`` after training task ``j`` and its
             evaluation (``benchmarks.run --save-tensors`` stores weights and importances there).
         checkpoint: a file for resuming. After every experience (training and evaluation) the
@@ -101,18 +105,17 @@ def run_method(
     stream = make_benchmark(
         benchmark, split=split, seed=seed, data_root=data_root, n_tasks=n_tasks, **options
     )
-    info = benchmark_info(benchmark, n_tasks=n_tasks)
+    info = benchmark_info(benchmark, n_tasks=n_tasks, image_size=options.get("image_size"))
     model = make_model(info, multi_head=uses_multi_head(method), hidden=train.hidden, dropout=train.dropout)
-    with warnings.catch_warnings():  # "No loggers specified" when progress is off: intended
+    with warnings.catch_warnings():  # "No loggers specified": intended, the record is the log
         warnings.filterwarnings("ignore", message="No loggers specified")
-        evaluator = EvaluationPlugin(
-            accuracy_metrics(experience=True),
-            loggers=[InteractiveLogger()] if progress else [],
-        )
+        evaluator = EvaluationPlugin(accuracy_metrics(experience=True), loggers=[])
     strategy = build_strategy(method, model, train, strength=strength, evaluator=evaluator)
     n = len(stream.train_stream)
     matrix = np.full((n, n), np.nan)
     train_seconds = 0.0
+    label = f"{method} {split} seed {seed}" + ("" if strength is None else f" strength {strength:g}")
+    bar = tqdm(total=n, desc=label, unit="task", disable=not progress, leave=False)
     if method == "joint":
         start = time.perf_counter()
         strategy.train(stream.train_stream)
@@ -122,6 +125,7 @@ def run_method(
         joint_accuracies = list(accuracies)
         if on_task_end is not None:
             on_task_end(n - 1, strategy)
+        bar.update(n)
     else:
         fingerprint = {
             "method": method,
@@ -151,6 +155,8 @@ def run_method(
             matrix[j] = _experience_accuracies(strategy.eval(stream.test_stream), n)
             if on_task_end is not None:
                 on_task_end(j, strategy)
+            bar.update(1)
+            bar.set_postfix(acc=f"{np.mean(matrix[j, : j + 1]):.3f}")
             if checkpoint is not None and j + 1 < n:
                 _save_checkpoint(
                     strategy,
@@ -160,6 +166,7 @@ def run_method(
                 )
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)  # the record returned below holds everything
+    bar.close()
     importance_seconds = sum(sum(p.importance_time_s) for p in strategy.plugins if isinstance(p, SPPPlugin))
     config = {
         "benchmark": benchmark,
@@ -167,6 +174,7 @@ def run_method(
         "n_tasks": n,
         "data_root": None if data_root is None else str(data_root),
         "benchmark_options": options,
+        "input_shape": list(info.input_shape),  # what the model was built for (image_size)
         "train": asdict(train),
         "torch_threads": torch.get_num_threads(),
     }

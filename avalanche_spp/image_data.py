@@ -48,7 +48,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import RandomHorizontalFlip
 from torchvision.transforms.functional import pil_to_tensor
 
-from avalanche_spp.errors import DatasetNotFoundError
+from avalanche_spp.errors import DatasetCorruptError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,21 @@ _OPTIONS: dict[str, dict[str, Any]] = {
         "image_size": 32,
         "shortfall": "repeat",  # what a data set with fewer training images than asked does
         "download": True,
+        "n_tasks": None,  # the first n tasks only (None: all)
     },
-    "split_cifar100": {"train_limit": None, "image_size": 32, "download": True},
+    "split_cifar100": {"train_limit": None, "image_size": 32, "download": True, "n_tasks": None},
     "split_caltech101": {
         "train_limit": None,
         "image_size": 224,
         "include_background": True,  # keep BACKGROUND_Google: 102 classes = 30 + 25 + 25 + 22
         "download": True,
+        "n_tasks": None,
     },
+}
+_TASKS = {  # tasks of the full sequence
+    "five_datasets": len(FIVE_DATASETS),
+    "split_cifar100": CIFAR100_TASKS,
+    "split_caltech101": len(CALTECH_TASK_SIZES),
 }
 
 # Seed streams: np.random.default_rng([seed, purpose, task]) keeps the draws independent.
@@ -320,13 +327,17 @@ def read_idx(path: Path) -> np.ndarray:
         The array with the shape stored in the header, e.g. ``(N, 28, 28)`` or ``(N,)``, uint8.
     """
     data = _read_bytes(path)
+    fix = "Delete it (and its .gz) and fetch the data set again; see docs/datasets.md."
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an idx file of unsigned bytes (bad magic number)")
+        raise DatasetCorruptError(f"{path} is not an idx file of unsigned bytes (bad magic number). {fix}")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
     if len(data) - offset != int(np.prod(dims)):
-        raise ValueError(f"{path}: header says shape {dims} but the file holds {len(data) - offset} bytes")
+        raise DatasetCorruptError(
+            f"{path}: header says shape {dims} but the file holds {len(data) - offset} bytes "
+            f"(truncated?). {fix}"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
@@ -674,9 +685,10 @@ def _five_datasets(
     images_per_task: int,
     image_size: int,
     shortfall: str,
+    n_tasks: int,
 ) -> Any:
     train_sets, eval_sets = [], []
-    for task, title in enumerate(FIVE_DATASETS):
+    for task, title in enumerate(FIVE_DATASETS[:n_tasks]):
         train, test = _load(title, root, image_size)
         rng = _rng(seed, _VALIDATION, task)
         kept, carved = stratified_split(np.arange(len(train.targets)), train.targets, fraction, rng)
@@ -687,7 +699,7 @@ def _five_datasets(
         else:
             evaluation = InMemoryImages(test.images, np.arange(len(test.targets)), test.targets)
         eval_sets.append(_with_task(evaluation, task))
-    return _benchmark(train_sets, eval_sets, [_CLASS_NAMES[t] for t in FIVE_DATASETS])
+    return _benchmark(train_sets, eval_sets, [_CLASS_NAMES[t] for t in FIVE_DATASETS[:n_tasks]])
 
 
 def _class_tasks(
@@ -722,7 +734,14 @@ def _class_tasks(
 
 
 def _split_cifar100(
-    root: Path, seed: int, split: str, fraction: float, *, train_limit: int | None, image_size: int
+    root: Path,
+    seed: int,
+    split: str,
+    fraction: float,
+    *,
+    train_limit: int | None,
+    image_size: int,
+    n_tasks: int,
 ) -> Any:
     train, test = _load("CIFAR-100", root, image_size)
     if set(np.unique(train.targets)) != set(range(100)):
@@ -735,7 +754,7 @@ def _split_cifar100(
     sizes = (CIFAR100_CLASSES_PER_TASK,) * CIFAR100_TASKS
     train_sets, eval_sets, names = [], [], []
     for task, (classes, tr, tr_y, ev, ev_y) in enumerate(
-        _class_tasks(seed, sizes, kept, train.targets, pool, source.targets, train_limit)
+        _class_tasks(seed, sizes, kept, train.targets, pool, source.targets, train_limit)[:n_tasks]
     ):
         train_sets.append(_with_task(InMemoryImages(train.images, tr, tr_y), task))
         eval_sets.append(_with_task(InMemoryImages(source.images, ev, ev_y), task))
@@ -767,6 +786,7 @@ def _split_caltech101(
     train_limit: int | None,
     image_size: int,
     include_background: bool,
+    n_tasks: int,
 ) -> Any:
     folder = root / _SOURCES["Caltech-101"].folder
     categories, paths, labels = _list_caltech(folder, include_background)
@@ -785,7 +805,7 @@ def _split_caltech101(
     flip = RandomHorizontalFlip(p=0.5)
     train_sets, eval_sets, names = [], [], []
     for task, (classes, tr, tr_y, ev, ev_y) in enumerate(
-        _class_tasks(seed, sizes, kept, labels, pool, labels, train_limit)
+        _class_tasks(seed, sizes, kept, labels, pool, labels, train_limit)[:n_tasks]  # all: same order
     ):
         train_sets.append(_with_task(ImageFiles([paths[i] for i in tr], tr_y, image_size), task, flip))
         eval_sets.append(_with_task(ImageFiles([paths[i] for i in ev], ev_y, image_size), task))
@@ -809,6 +829,11 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
+def accepted_options(name: str) -> tuple[str, ...]:
+    """The keyword options :func:`build` accepts for image benchmark ``name``."""
+    return tuple(sorted(_OPTIONS[name]))
+
+
 def _resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     allowed = _OPTIONS[name]
     unknown = sorted(set(options) - set(allowed))
@@ -818,6 +843,10 @@ def _resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
         )
     resolved = {k: (options[k] if options.get(k) is not None else default) for k, default in allowed.items()}
     resolved["image_size"] = _positive_int("image_size", resolved["image_size"], minimum=8)
+    total, n_tasks = _TASKS[name], resolved["n_tasks"]
+    resolved["n_tasks"] = total if n_tasks is None else _positive_int("n_tasks", n_tasks)
+    if resolved["n_tasks"] > total:
+        raise ValueError(f"{name} has {total} tasks; n_tasks must be between 1 and {total}, got {n_tasks}")
     if not isinstance(resolved["download"], bool):
         raise ValueError(f"download must be True or False, got {resolved['download']!r}")
     if name == "five_datasets":
@@ -875,6 +904,9 @@ def build(
             ``include_background`` (True: ``BACKGROUND_Google`` is a class, giving the paper's
             30 + 25 + 25 + 22 = 102 classes; False: 101 classes, the last task has 21),
             ``download`` (True).
+            All three: ``n_tasks`` (None: all 5 / 20 / 4): only the first ``n_tasks`` tasks, the
+            same as the full sequence's first ones (class order and carves do not change). Every
+            data set of the benchmark must still be present.
 
     Returns:
         An Avalanche benchmark from ``dataset_benchmark`` (a ``ClassificationScenario``) with

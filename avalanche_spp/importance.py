@@ -17,7 +17,9 @@ The Avalanche glue lives in :mod:`avalanche_spp.plugin`.
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -150,16 +152,22 @@ def entropy_importance(
         ``requires_grad``, on the parameter's device.
 
     Raises:
-        ValueError: an unknown option, no trainable parameter, no sample, or a non-finite importance
-            (a diverged model: the importance is refused rather than poisoning the penalty).
+        ValueError: an unknown option, a model that is not an ``nn.Module``, ``batches`` that is a
+            single tensor or not iterable, items the model cannot take (``(x, y)`` labelled pairs
+            given to a one-input model), no trainable parameter or no sample.
+        DivergedError: a non-finite importance (a diverged model: the importance is refused
+            rather than poisoning the penalty). A subclass of ``ValueError``.
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_batches(batches)
     check_choice("fisher", fisher, FISHER_ESTIMATES)
     check_choice("hessian", hessian, HESSIANS)
     check_choice("first_order", first_order, FIRST_ORDER_SIGNS)
     check_choice("normalize", normalize, NORMALIZATIONS)
     check_choice("per_sample_backend", per_sample_backend, PER_SAMPLE_BACKENDS)
-    if not isinstance(beta, (int, float)) or not beta > 0 or beta != beta:
-        raise ValueError(f"beta must be a positive number, got {beta!r}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < math.inf:
+        raise ValueError(f"beta must be a positive number (and finite), got {beta!r}")
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
         raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
     params = trainable_parameters(model)
@@ -189,6 +197,8 @@ def entropy_importance(
             batch_size = _batch_size(inputs)
             if batch_size == 0:
                 continue
+            if forward is _call_model and n_samples == 0:
+                _check_model_takes(model, inputs)
             if hessian == "exact":
                 g, curv = _exact_terms(model, params, forward, entropy_fn, inputs)
             elif fisher == "per_sample":
@@ -252,7 +262,21 @@ def spp_penalty(params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Seq
 
     Returns:
         A scalar tensor; its gradient w.r.t. each ``W`` is ``2 * Omega * (W - W*)``.
+
+    Raises:
+        ValueError: arguments that are not sequences of tensors of equal lengths and shapes. The
+            values are not checked (that would synchronise a GPU at every step): ``Omega`` from
+            :func:`entropy_importance` is finite and ``>= 0`` by construction.
     """
+    for label, tensors in (("params", params), ("anchors", anchors), ("omegas", omegas)):
+        if isinstance(tensors, (Tensor, Mapping)) or not isinstance(tensors, Sequence):
+            raise ValueError(
+                f"{label} must be a list or tuple of tensors (one per parameter), got "
+                f"{type(tensors).__name__}; e.g. spp_penalty([w], [w_star], [omega])"
+            )
+        if not all(isinstance(t, Tensor) for t in tensors):
+            kinds = sorted({type(t).__name__ for t in tensors if not isinstance(t, Tensor)})
+            raise ValueError(f"{label} must hold tensors only, got entries of type {kinds}")
     if not (len(params) == len(anchors) == len(omegas)):
         raise ValueError(
             f"params, anchors and omegas must have the same length, got "
@@ -303,6 +327,41 @@ def _as_tuple(item: Any) -> tuple:
     if isinstance(item, (tuple, list)):
         return tuple(item)
     raise ValueError(f"each item of batches must be a Tensor or a tuple of inputs, got {type(item).__name__}")
+
+
+def _check_batches(batches: Any) -> None:
+    """Refuse a ``batches`` argument that is one tensor (it would iterate over rows) or no iterable."""
+    if isinstance(batches, Tensor):
+        raise ValueError(
+            "batches must be an iterable of input batches, got a single tensor of shape "
+            f"{tuple(batches.shape)} (iterating it would treat each row as a batch); wrap it in a "
+            "list: [x], or split it: x.split(256)"
+        )
+    if isinstance(batches, (str, bytes, Mapping)) or not isinstance(batches, Iterable):
+        raise ValueError(
+            "batches must be an iterable of input batches (a list of tensors, a DataLoader of "
+            f"inputs, a generator), got {type(batches).__name__}"
+        )
+
+
+def _check_model_takes(model: nn.Module, inputs: tuple) -> None:
+    """Refuse an item the model cannot take, such as an ``(x, y)`` pair for a one-input model."""
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):  # a builtin or otherwise opaque forward: nothing to check
+        return
+    try:
+        signature.bind(*inputs)
+    except TypeError:
+        kinds = ", ".join(
+            f"Tensor{tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__ for x in inputs
+        )
+        raise ValueError(
+            f"an item of batches holds {len(inputs)} entries ({kinds}) but the model's forward "
+            f"takes {signature}: items are the model's inputs only. Labels must not be part of "
+            "an item: map a loader of (x, y) pairs to its inputs, e.g. (x for x, *_ in loader), "
+            "or pass forward= to call the model yourself."
+        ) from None
 
 
 def _to_device(inputs: tuple, device: torch.device) -> tuple:

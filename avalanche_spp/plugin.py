@@ -112,9 +112,9 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         check_choice("first_order", first_order, FIRST_ORDER_SIGNS)
         check_choice("normalize", normalize, NORMALIZATIONS)
         check_choice("accumulate", accumulate, ACCUMULATIONS)
-        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta > 0:
-            raise ValueError(f"beta must be a positive number, got {beta!r}")
-        if not isinstance(seed, int):
+        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 < beta < math.inf:
+            raise ValueError(f"beta must be a positive number (and finite), got {beta!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self.importance_samples = importance_samples
         self.importance_batch_size = importance_batch_size
@@ -135,8 +135,17 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         self._penalty_model: nn.Module | None = None
 
     # ----------------------------------------------------------------------------- callbacks
+    def after_train_dataset_adaptation(self, strategy: Any, **kwargs: Any) -> None:
+        """Refuse an empty experience now, before Avalanche's loader fails on it with a bare error."""
+        _check_not_empty(strategy, getattr(strategy, "adapted_dataset", None))
+
     def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         """Match the stored state to the model as adapted for this experience."""
+        if not trainable_parameters(_unwrap(strategy.model)):
+            raise ValueError(
+                "SPPPlugin: the model has no trainable parameter (requires_grad=True), so there is "
+                "nothing to learn, measure or protect; unfreeze some parameters"
+            )
         self._penalty_terms = None  # rebuilt lazily on the first step (heads may have changed)
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
@@ -154,6 +163,7 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         """Measure this experience's importance, accumulate it, and snapshot ``W*``."""
         model = _unwrap(strategy.model)
+        _check_not_empty(strategy, strategy.experience.dataset)
         start = time.perf_counter()
         omega = entropy_importance(
             model,
@@ -215,7 +225,8 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         """The current penalty ``lam * sum Omega (W - W*)^2`` of ``model`` (for inspection)."""
         params, anchors, omegas = self.penalty_terms(model)
         if not params or self.lam == 0.0:
-            return torch.zeros((), device=next(model.parameters()).device)
+            device = next(model.parameters(), torch.empty(0)).device
+            return torch.zeros((), device=device)
         return self.lam * spp_penalty(params, anchors, omegas)
 
     def state_dict(self) -> dict[str, Any]:
@@ -244,6 +255,22 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             raise ValueError(f"not an SPPPlugin state: missing keys {sorted(missing)}")
         if set(state["omega"]) != set(state["anchor"]):
             raise ValueError("corrupt SPPPlugin state: omega and anchor name different parameters")
+        for name, omega in state["omega"].items():
+            anchor = state["anchor"][name]
+            if not isinstance(omega, Tensor) or not isinstance(anchor, Tensor):
+                raise ValueError(f"corrupt SPPPlugin state: omega and anchor of {name!r} must be tensors")
+            if omega.shape != anchor.shape:
+                raise ValueError(
+                    f"corrupt SPPPlugin state: omega {tuple(omega.shape)} and anchor "
+                    f"{tuple(anchor.shape)} of {name!r} differ in shape"
+                )
+            if not bool(torch.isfinite(omega).all()) or bool((omega < 0).any()):
+                raise ValueError(
+                    f"corrupt SPPPlugin state: the importance of {name!r} has negative, NaN or "
+                    "Inf values (Omega must be finite and >= 0)"
+                )
+            if not bool(torch.isfinite(anchor).all()):
+                raise ValueError(f"corrupt SPPPlugin state: the anchor of {name!r} is not finite")
         self.lam = _check_strength(state["lam"])
         self.omega = {n: t.detach().clone() for n, t in state["omega"].items()}
         self.anchor = {n: t.detach().clone() for n, t in state["anchor"].items()}
@@ -293,6 +320,15 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                 yield x[task_labels == task], int(task)
 
 
+def _check_not_empty(strategy: Any, dataset: Any) -> None:
+    if dataset is not None and len(dataset) == 0:
+        number = getattr(strategy.experience, "current_experience", "?")
+        raise ValueError(
+            f"SPPPlugin: experience {number} has no training sample, so SPP cannot measure its "
+            "importance; drop empty experiences from the stream"
+        )
+
+
 def _forward_for(model: nn.Module):
     if is_multi_task_module(model):
         return _forward_single_task
@@ -336,10 +372,25 @@ def _distributed_sampler(dataset: Any):
 
 
 def _grow_to(tensor: Tensor, shape: torch.Size, name: str, *, what: str) -> Tensor:
-    """Zero-pad ``tensor`` to ``shape`` (a layer that grew); refuse any other change of shape."""
+    """Zero-pad ``tensor`` to ``shape`` along dim 0 (new output units); refuse any other change.
+
+    Only the first dimension may grow: new rows of a weight ``(out, in, ...)`` or new entries of a
+    bias are new output units, which nothing learned before depends on. A grown input (or kernel)
+    dimension would put zero importance on weights that read new inputs of *old* units, and the
+    old weights would no longer line up with the inputs they were measured on.
+    """
     if tensor.shape == shape:
         return tensor
-    if tensor.dim() != len(shape) or any(o > n for o, n in zip(tensor.shape, shape, strict=True)):
+    same_rank = tensor.dim() == len(shape)
+    if same_rank and tensor.dim() > 1 and tuple(tensor.shape[1:]) != tuple(shape[1:]):
+        raise ValueError(
+            f"parameter {name!r} changed shape from {tuple(tensor.shape)} to {tuple(shape)}: only "
+            f"its first (output) dimension may grow, but dimension(s) "
+            f"{[d for d in range(1, len(shape)) if tensor.shape[d] != shape[d]]} (inputs) changed. "
+            f"SPP's stored {what} cannot follow a layer whose inputs changed: reset the plugin or "
+            "keep the input size fixed between experiences."
+        )
+    if not same_rank or tensor.shape[0] > shape[0]:
         raise ValueError(
             f"parameter {name!r} changed shape from {tuple(tensor.shape)} to {tuple(shape)}: SPP's "
             f"stored {what} only follows layers that grow (new output units). Reset the plugin or "

@@ -28,11 +28,16 @@ from typing import Any
 import torch
 
 from avalanche_spp.baselines import METHODS, STRENGTH_GRIDS, STRENGTH_NAMES, TrainConfig
-from avalanche_spp.benchmarks import DatasetNotFoundError, available_benchmarks
-from avalanche_spp.errors import CheckpointMismatchError
+from avalanche_spp.benchmarks import (
+    DatasetNotFoundError,
+    available_benchmarks,
+    benchmark_info,
+    check_benchmark_options,
+)
+from avalanche_spp.errors import CheckpointMismatchError, DatasetCorruptError
 from avalanche_spp.experiment import TensorSaver, run_method, tune_strength
 from avalanche_spp.importance import DivergedError
-from avalanche_spp.report import read_json, write_json, write_report
+from avalanche_spp.report import markdown_table, read_json, summarize, write_json, write_report
 
 log = logging.getLogger("benchmarks.run")
 
@@ -51,12 +56,13 @@ class RunConfig:
     momentum: float = 0.9  # SGD momentum
     optimizer: str = "sgd"  # "sgd" or "adam"
     hidden: tuple[int, ...] = (512, 256)  # MLP hidden widths
-    dropout: float = 0.0  # MLP dropout
+    dropout: float | None = None  # dropout (None: the model's default; MLP 0, CNN heads 0.5)
     device: str = "cpu"  # torch device
     data_root: str | None = None  # data folder of file-based benchmarks
     n_tasks: int | None = None  # sequence length (None: the benchmark's)
     train_limit: int | None = None  # training samples per task (None: all)
     eval_limit: int | None = None  # evaluation samples per task (None: all)
+    image_size: int | None = None  # image benchmarks: pixels per side (None: the paper's 32 or 224)
     strengths: tuple[tuple[str, float], ...] = ()  # fixed strengths (no tuning for these)
     grids: tuple[tuple[str, tuple[float, ...]], ...] = ()  # grids replacing the defaults
     tune: bool = True  # tune strengths on validation
@@ -90,7 +96,11 @@ class RunConfig:
         )
 
     def benchmark_options(self) -> dict[str, int]:
-        options = {"train_limit": self.train_limit, "eval_limit": self.eval_limit}
+        options = {
+            "train_limit": self.train_limit,
+            "eval_limit": self.eval_limit,
+            "image_size": self.image_size,
+        }
         return {k: v for k, v in options.items() if v is not None}
 
     def grid(self, method: str) -> tuple[float, ...]:
@@ -139,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-limit", type=int, help="training samples per task")
     parser.add_argument("--eval-limit", type=int, help="evaluation samples per task")
     parser.add_argument(
+        "--image-size",
+        type=int,
+        help="image benchmarks only: side of the square images, the network built for it "
+        "(default: the paper's, 32 or 224; minimum 8 for VGG-9, 32 for ResNet-18)",
+    )
+    parser.add_argument(
         "--strength",
         action="append",
         metavar="METHOD=VALUE",
@@ -181,6 +197,7 @@ def _read_config_file(parser: argparse.ArgumentParser, path: str) -> dict[str, A
 
 
 def _to_config(parser: argparse.ArgumentParser, values: dict[str, Any]) -> RunConfig:
+    _check_setting_types(parser, values)
     benchmark = values.get("benchmark", RunConfig.benchmark)
     if benchmark not in available_benchmarks():
         parser.error(f"--benchmark must be one of {available_benchmarks()}, got {benchmark!r}")
@@ -209,16 +226,37 @@ def _to_config(parser: argparse.ArgumentParser, values: dict[str, Any]) -> RunCo
     if values.get("lam") is not None:
         strengths["spp"] = float(values.pop("lam"))
     for method, value in strengths.items():
-        if not value >= 0 or value == float("inf"):
+        if method not in STRENGTH_NAMES:
+            parser.error(f"strengths: {method!r} has no strength; methods with one: {list(STRENGTH_NAMES)}")
+        if not _is_number(value) or not value >= 0 or value == float("inf"):
             parser.error(f"the strength of {method} must be a finite number >= 0, got {value!r}")
-    grids = dict((k, tuple(v)) for k, v in values.get("grids", ()))
+    given_grids = values.get("grids", ())
+    given_grids = given_grids.items() if isinstance(given_grids, dict) else given_grids
+    grids = dict((k, tuple(v)) for k, v in given_grids)
+    for method, grid in grids.items():
+        if method not in STRENGTH_NAMES or not grid or not all(_is_number(v) and v >= 0 for v in grid):
+            parser.error(f"grids: {method}={list(grid)!r}: use METHOD: [V1, ...] with numbers >= 0 and "
+                         f"METHOD in {list(STRENGTH_NAMES)}")
     for item in values.pop("grid", None) or ():
         method, _, listed = item.partition("=")
         if method not in STRENGTH_NAMES or not listed:
             parser.error(f"--grid {item!r}: use METHOD=V1,V2 with METHOD in {list(STRENGTH_NAMES)}")
         grids[method] = _parse_numbers(parser, "--grid", listed, float)
-        if any(not v >= 0 for v in grids[method]):
-            parser.error(f"--grid {item!r}: strengths must be >= 0")
+        if any(not 0 <= v < float("inf") for v in grids[method]):
+            parser.error(f"--grid {item!r}: strengths must be finite numbers >= 0")
+    try:  # the task count and the image size must suit the benchmark and its network
+        benchmark_info(benchmark, n_tasks=values.get("n_tasks"))
+    except ValueError as error:
+        parser.error(f"--n-tasks: {error}")
+    try:
+        benchmark_info(benchmark, image_size=values.get("image_size"))
+    except ValueError as error:
+        parser.error(f"--image-size: {error}")
+    limits = {k: values[k] for k in ("train_limit", "eval_limit") if values.get(k) is not None}
+    try:  # before any training: a bad limit must not fail after the first runs
+        check_benchmark_options(benchmark, n_tasks=values.get("n_tasks"), **limits)
+    except ValueError as error:
+        parser.error(str(error))
     hidden = values.get("hidden", RunConfig.hidden)
     if isinstance(hidden, str):
         hidden = _parse_numbers(parser, "--hidden", hidden, int)
@@ -236,6 +274,17 @@ def _to_config(parser: argparse.ArgumentParser, values: dict[str, Any]) -> RunCo
     }
     for key in ("tune", "save_tensors", "quiet", "force", "resume"):
         settings[key] = bool(settings.get(key, getattr(RunConfig, key)))
+    if not all(0 <= seed < 2**32 for seed in settings["seeds"]):
+        parser.error(f"seeds must be ints in [0, 2**32), got {list(settings['seeds'])}")
+    if settings.get("threads") is not None and settings["threads"] < 1:
+        parser.error(f"--threads must be a positive number of CPU threads, got {settings['threads']}")
+    if settings.get("tune_seed") is not None and not 0 <= settings["tune_seed"] < 2**32:
+        parser.error(f"--tune-seed must be an int in [0, 2**32), got {settings['tune_seed']}")
+    if Path(settings["out"]).exists() and not Path(settings["out"]).is_dir():
+        parser.error(f"--out {settings['out']} is a file; give a folder")
+    device = settings.get("device", RunConfig.device)
+    if isinstance(device, str) and device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {device}: torch.cuda.is_available() is False on this machine; use cpu")
     names = {f.name for f in fields(RunConfig)}
     config = RunConfig(**{k: v for k, v in settings.items() if k in names})
     try:
@@ -243,6 +292,62 @@ def _to_config(parser: argparse.ArgumentParser, values: dict[str, Any]) -> RunCo
     except ValueError as error:
         parser.error(str(error))
     return config
+
+
+# JSON types of the settings a --config file may hold (flags are typed by argparse already).
+_BOOL_SETTINGS = ("tune", "save_tensors", "quiet", "force", "resume")
+_INT_SETTINGS = (
+    "epochs", "batch_size", "n_tasks", "train_limit", "eval_limit", "image_size",
+    "spp_importance_samples", "threads", "tune_seed",
+)  # fmt: skip
+_NUMBER_SETTINGS = ("lr", "momentum", "dropout", "lam")
+_TEXT_SETTINGS = (
+    "benchmark", "out", "device", "data_root", "optimizer",
+    "spp_fisher", "spp_first_order", "spp_normalize", "spp_accumulate",
+)  # fmt: skip
+_LIST_SETTINGS = ("methods", "hidden", "seed_list", "strength", "grid")  # a comma string or a list
+
+
+def _check_setting_types(parser: argparse.ArgumentParser, values: dict[str, Any]) -> None:
+    """Refuse a setting of the wrong type (a ``--config`` file may hold any JSON value)."""
+    for key, value in values.items():
+        expected = None
+        if key in _BOOL_SETTINGS and not isinstance(value, bool):
+            expected = "true or false"
+        elif key in _INT_SETTINGS and value is not None and not _is_int(value):
+            expected = "an integer (or null)"
+        elif key in _NUMBER_SETTINGS and value is not None and not _is_number(value):
+            expected = "a number"
+        elif key in _TEXT_SETTINGS and value is not None and not isinstance(value, str):
+            expected = "a string (or null)"
+        elif key in _LIST_SETTINGS and not (
+            isinstance(value, str)
+            or isinstance(value, (list, tuple)) and all(isinstance(v, str) or _is_number(v) for v in value)
+        ):
+            expected = "a comma-separated string or a list"
+        elif key == "seeds" and not (
+            _is_int(value) or isinstance(value, (list, tuple)) and value and all(_is_int(v) for v in value)
+        ):
+            expected = "a number of seeds or a non-empty list of int seeds"
+        elif key in ("strengths", "grids") and not (
+            isinstance(value, dict)
+            or isinstance(value, (list, tuple))
+            and all(isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str) for v in value)
+        ):
+            expected = "an object {METHOD: value} or a list of [METHOD, value] pairs"
+        if expected is not None:
+            parser.error(f"{key} must be {expected}, got {value!r}")
+    for key in ("strength", "grid"):  # one METHOD=... string in a config file is a list of one
+        if isinstance(values.get(key), str):
+            values[key] = [values[key]]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _parse_numbers(parser: argparse.ArgumentParser, flag: str, text: Any, kind: type) -> tuple:
@@ -255,6 +360,12 @@ def _parse_numbers(parser: argparse.ArgumentParser, flag: str, text: Any, kind: 
         raise  # unreachable: parser.error exits
 
 
+# Errors that end a comparison with a one-line message and exit status 2 (no traceback).
+CLI_ERRORS = (
+    DatasetNotFoundError, DatasetCorruptError, FileExistsError, CheckpointMismatchError, DivergedError,
+)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if config.quiet else logging.INFO, format="%(message)s")
@@ -264,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _prepare_output(out, config)
         records = run_comparison(config, out)
-    except (DatasetNotFoundError, FileExistsError, CheckpointMismatchError) as error:
+    except CLI_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -277,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes=_notes(config, out),
         command=command,
     )
-    log.info("report: %s", report)
+    print(markdown_table(summarize(records)), end="")  # the result, also with --quiet
+    print(f"report: {report}")
     return 0
 
 
@@ -347,7 +459,7 @@ def _tune(config: RunConfig, train: TrainConfig, method: str, out: Path) -> floa
                 data_root=config.data_root,
                 n_tasks=config.n_tasks,
                 benchmark_options=config.benchmark_options(),
-                progress=False,
+                progress=not config.quiet,
                 checkpoint=checkpoint,
             )
         except DivergedError:

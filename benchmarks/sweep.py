@@ -6,7 +6,8 @@
 This is an analysis of sensitivity, not a tuning step: it runs on the test split by default
 (``--split validation`` for the validation split) and picks nothing. A ``joint`` run per seed gives
 FWT's reference accuracies. Writes one JSON per run, ``sweep.json`` (means per lambda), and
-``sweep.md`` with a table and ``lambda_sweep.png``.
+``sweep.md`` with a table and ``lambda_sweep.png``. A folder that already holds results is refused
+unless ``--resume`` (skip the runs whose JSON exists) or ``--force`` (delete them and start over).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 
 from avalanche_spp.baselines import STRENGTH_NAMES, TrainConfig
-from avalanche_spp.benchmarks import DatasetNotFoundError, available_benchmarks
+from avalanche_spp.benchmarks import DatasetNotFoundError, available_benchmarks, check_benchmark_options
+from avalanche_spp.errors import DatasetCorruptError
 from avalanche_spp.experiment import run_method
 from avalanche_spp.importance import DivergedError
 from avalanche_spp.report import plot_lambda_sweep, read_json, write_json
@@ -45,6 +47,7 @@ class SweepConfig:
     eval_limit: int | None = None
     quiet: bool = False
     resume: bool = False  # skip runs whose JSON exists
+    force: bool = False  # delete the results already in `out` and start over
 
 
 def parse_args(argv: Sequence[str] | None = None) -> SweepConfig:
@@ -65,7 +68,9 @@ def parse_args(argv: Sequence[str] | None = None) -> SweepConfig:
     parser.add_argument("--eval-limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--resume", action="store_true")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="skip the runs whose JSON exists in --out")
+    mode.add_argument("--force", action="store_true", help="delete the results in --out and start over")
     args = parser.parse_args(argv)
     try:
         lams = tuple(float(v) for v in args.lams.split(",") if v.strip())
@@ -75,6 +80,17 @@ def parse_args(argv: Sequence[str] | None = None) -> SweepConfig:
         parser.error(f"--lams must be finite numbers >= 0, got {args.lams!r}")
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be a positive number of CPU threads, got {args.threads}")
+    limits = {"train_limit": args.train_limit, "eval_limit": args.eval_limit}
+    try:  # refused now rather than after the first runs
+        check_benchmark_options(
+            args.benchmark, n_tasks=args.n_tasks, **{k: v for k, v in limits.items() if v is not None}
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch.cuda.is_available() is False on this machine; use cpu")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
@@ -95,6 +111,7 @@ def parse_args(argv: Sequence[str] | None = None) -> SweepConfig:
         eval_limit=args.eval_limit,
         quiet=args.quiet,
         resume=args.resume,
+        force=args.force,
     )
 
 
@@ -133,7 +150,7 @@ def run_sweep(config: SweepConfig) -> list[dict[str, float | None]]:
                 config.method,
                 seed=seed,
                 strength=lam,
-                joint_accuracies=joint["joint_accuracies"],
+                joint_accuracies=None if joint is None else joint["joint_accuracies"],  # None: diverged
             )
             if record is not None:
                 per_lam[lam].append(record["metrics"])
@@ -172,12 +189,33 @@ def write_sweep(config: SweepConfig, rows: list[dict]) -> Path:
     return path
 
 
+def prepare_output(config: SweepConfig) -> None:
+    """Refuse an output folder holding results unless ``resume`` or ``force`` (which deletes them).
+
+    Raises:
+        FileExistsError: results present and neither ``resume`` nor ``force``.
+    """
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; give a folder")
+    results = sorted(out.glob("runs/*.json")) + [p for p in (out / "sweep.json",) if p.exists()]
+    if results and config.force:
+        for path in [*results, out / "sweep.md", out / "lambda_sweep.png"]:
+            path.unlink(missing_ok=True)
+    elif results and not config.resume:
+        raise FileExistsError(
+            f"{out} already holds results ({len(results)} files). Pass --resume to continue it, "
+            "--force to overwrite it, or choose another --out."
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if config.quiet else logging.INFO, format="%(message)s")
     try:
+        prepare_output(config)
         rows = run_sweep(config)
-    except DatasetNotFoundError as error:
+    except (DatasetNotFoundError, DatasetCorruptError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"sweep written to {write_sweep(config, rows)}")

@@ -45,6 +45,8 @@ from torch import Tensor
 from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import Dataset, Subset
 
+from avalanche_spp.errors import DatasetCorruptError
+
 log = logging.getLogger(__name__)
 
 DOMAINS = ("celeba", "anime", "fmnist", "digits")
@@ -270,18 +272,30 @@ def _resize_grey(images: Tensor, image_size: int) -> Tensor:
 
 
 def read_idx_images(path: str | os.PathLike) -> Tensor:
-    """Read an idx3-ubyte image file (MNIST format), gzipped or not: ``(N, rows, cols)`` uint8."""
+    """Read an idx3-ubyte image file (MNIST format), gzipped or not: ``(N, rows, cols)`` uint8.
+
+    Raises:
+        DatasetCorruptError: (a ``ValueError``) the file is truncated, empty, a broken gzip or not
+            an idx3-ubyte file; the message names it and says to delete or replace it.
+    """
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    fix = "Delete or replace the file with a good copy (see generative/data.py for its source)."
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (EOFError, gzip.BadGzipFile) as err:
+        raise DatasetCorruptError(f"{path}: unreadable gzip file ({err}). {fix}") from err
     if len(data) < 16:
-        raise ValueError(f"{path}: too short for an idx3-ubyte file")
+        raise DatasetCorruptError(f"{path}: too short for an idx3-ubyte file ({len(data)} bytes). {fix}")
     magic, n, rows, cols = struct.unpack(">IIII", data[:16])
     if magic != 2051:
-        raise ValueError(f"{path}: not an idx3-ubyte image file (magic {magic}, expected 2051)")
+        raise DatasetCorruptError(
+            f"{path}: not an idx3-ubyte image file (magic {magic}, expected 2051). {fix}"
+        )
     if len(data) != 16 + n * rows * cols:
-        raise ValueError(
-            f"{path}: expected {16 + n * rows * cols} bytes for {n} images, got {len(data)}"
+        raise DatasetCorruptError(
+            f"{path}: expected {16 + n * rows * cols} bytes for {n} images, got {len(data)} "
+            f"(truncated?). {fix}"
         )
     array = np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, rows, cols)
     return torch.from_numpy(array.copy())

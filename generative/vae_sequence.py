@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -43,6 +44,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from avalanche_spp.errors import DatasetCorruptError
 from generative.data import DOMAINS, DatasetNotFoundError, Domain, load_domain, stack_images
 from generative.fid import (
     FALLBACK_LABEL,
@@ -121,10 +123,10 @@ class SequenceConfig:
         for name in self.domains:
             if name not in DOMAINS:
                 raise ValueError(f"unknown domain {name!r}; choose from {list(DOMAINS)}")
-        if not self.lam or any(not lam > 0 for lam in self.lam):
+        if not self.lam or any(not 0 < lam < math.inf for lam in self.lam):
             raise ValueError(
-                "lam must be one or more values > 0 (SPP strengths; the SGD run always uses 0), "
-                f"got {self.lam}"
+                "lam must be one or more values > 0 (finite SPP strengths; the SGD run always uses "
+                f"0), got {self.lam}"
             )
         if len({f"{lam:g}" for lam in self.lam}) != len(self.lam):
             raise ValueError(f"lam values must be distinct, got {self.lam}")
@@ -150,8 +152,12 @@ class SequenceConfig:
             raise ValueError(f"fd_samples must be >= 2 (for a covariance), got {self.fd_samples}")
         if self.num_workers < 0 or self.threads < 0:
             raise ValueError("num_workers and threads must be >= 0")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("max_train", "max_test"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 2):
+                raise ValueError(f"{name} must be an int >= 2 (images per domain) or None, got {value!r}")
         if self.image_size % 2**self.depth:
             raise ValueError(
                 f"image_size ({self.image_size}) must be divisible by 2**depth ({2**self.depth})"
@@ -667,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         metrics = run_sequence(config)
-    except (DatasetNotFoundError, FIDWeightsNotFoundError, UsageError) as err:
+    except (DatasetNotFoundError, DatasetCorruptError, FIDWeightsNotFoundError, UsageError) as err:
         log.error("%s", err)
         return 2
     for run, result in metrics["runs"].items():

@@ -108,6 +108,21 @@ def test_registry_lists_every_benchmark_with_consistent_info():
     assert caltech.max_classes_per_task == 30
 
 
+def test_image_size_resizes_the_input_shape_of_image_benchmarks_only():
+    assert benchmark_info("five_datasets", image_size=16).input_shape == (3, 16, 16)
+    caltech = benchmark_info("split_caltech101", n_tasks=2, image_size=32)
+    assert (caltech.input_shape, caltech.classes_per_task) == ((3, 32, 32), (30, 25))
+    assert benchmark_info("split_cifar100", image_size=None).input_shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="split_digits is an MLP benchmark"):
+        benchmark_info("split_digits", image_size=8)
+    with pytest.raises(ValueError, match="positive integer"):
+        benchmark_info("split_cifar100", image_size=0)
+    with pytest.raises(ValueError, match="the minimum is 8"):
+        benchmark_info("split_cifar100", image_size=7)
+    with pytest.raises(ValueError, match="the minimum is 32"):
+        benchmark_info("split_caltech101", image_size=31)
+
+
 def test_image_code_is_imported_only_when_an_image_benchmark_is_built(monkeypatch):
     # A None entry in sys.modules makes any import of that module raise ImportError.
     monkeypatch.setitem(sys.modules, "avalanche_spp.image_data", None)
@@ -148,9 +163,13 @@ def test_image_benchmarks_are_built_by_image_data_build(monkeypatch, tmp_path):
             ),
         )
     ]
-    with pytest.raises(ValueError, match="always has 20 tasks"):
-        make_benchmark("split_cifar100", n_tasks=4)
-    assert len(calls) == 1
+    make_benchmark("split_cifar100", data_root=tmp_path, n_tasks=4, image_size=16)
+    assert calls[1][1]["n_tasks"] == 4 and calls[1][1]["image_size"] == 16  # the first 4 tasks
+    with pytest.raises(ValueError, match="between 1 and 20"):
+        make_benchmark("split_cifar100", n_tasks=21)
+    with pytest.raises(ValueError, match=r"split_caltech101 \(network resnet18\): the minimum is 32"):
+        make_benchmark("split_caltech101", image_size=16)
+    assert len(calls) == 2
     from avalanche_spp import errors
 
     assert DatasetNotFoundError is errors.DatasetNotFoundError  # one class for all data sets

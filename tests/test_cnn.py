@@ -295,6 +295,34 @@ def test_freeze_from_before_training_exp_keeps_the_trunk_fixed_through_avalanche
     assert model.classifier.n_classes(1) == 2
 
 
+def test_sgd_f_strategy_keeps_the_bn_running_statistics_after_the_first_task():
+    from avalanche.benchmarks import dataset_benchmark
+    from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
+    from torch.utils.data import TensorDataset
+
+    from avalanche_spp.baselines import TrainConfig, build_strategy
+
+    def task(t):  # inputs far from N(0, 1), different per task: the statistics would move
+        data = TensorDataset(torch.rand(16, 3, 8, 8) * (3 + 2 * t) + t, torch.arange(16) % 2)
+        data.targets = (torch.arange(16) % 2).tolist()
+        return _make_taskaware_classification_dataset(data, task_labels=t, targets=data.targets)
+
+    benchmark = dataset_benchmark([task(0), task(1)], [task(0), task(1)])
+    model = make_cnn("vgg9", _info([2], size=8))
+    initial = _bn_state(model)
+    strategy = build_strategy("sgd_f", model, TrainConfig(epochs=2, batch_size=8, lr=0.1))
+    strategy.train(benchmark.train_stream[0])
+    after_task0 = _bn_state(model)
+    assert not torch.equal(initial["conv.1.running_mean"], after_task0["conv.1.running_mean"])  # task 0 moves
+    strategy.eval(benchmark.test_stream)
+    strategy.train(benchmark.train_stream[1], reset_optimizer_state=True)
+    after_task1 = _bn_state(model)
+    assert after_task1.keys() == after_task0.keys() and any("running_var" in k for k in after_task1)
+    for key in after_task0:  # running mean, variance and batch count of every BN layer
+        assert torch.equal(after_task0[key], after_task1[key]), key
+    assert model.classifier.n_classes(1) == 2
+
+
 def test_make_cnn_refuses_bad_arguments():
     with pytest.raises(ValueError, match="unknown CNN family 'vgg16'; choose one of vgg9, resnet18"):
         make_cnn("vgg16", _info([10]))

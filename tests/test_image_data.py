@@ -226,6 +226,23 @@ def test_split_cifar100_train_limit_is_stratified(cifar100_root):
     assert Counter(y.tolist()) == {c: 4 for c in range(5)}
 
 
+def test_n_tasks_gives_the_first_tasks_of_the_full_sequence(cifar100_root, caltech_root):
+    full, short = _cifar100(cifar100_root, seed=2), _cifar100(cifar100_root, seed=2, n_tasks=3)
+    assert len(short.train_stream) == len(short.test_stream) == 3
+    assert short.task_classes == full.task_classes[:3]  # the seeded class order does not change
+    for stream in ("train_stream", "test_stream"):
+        for task in range(3):
+            x_short, y_short, t_short = _items(getattr(short, stream)[task].dataset)
+            x_full, y_full, _ = _items(getattr(full, stream)[task].dataset)
+            assert torch.equal(x_short, x_full) and torch.equal(y_short, y_full)
+            assert set(t_short.tolist()) == {task}
+    caltech = _caltech(caltech_root, n_tasks=2, image_size=16)
+    assert [len(e.classes_in_this_experience) for e in caltech.train_stream] == [30, 25]
+    assert caltech.test_stream[1].dataset[0][0].shape == (3, 16, 16)
+    with pytest.raises(ValueError, match="between 1 and 5, got 6"):
+        _five(cifar100_root, n_tasks=6)
+
+
 # ---------------------------------------------------------------------------------------------
 # split_caltech101
 # ---------------------------------------------------------------------------------------------

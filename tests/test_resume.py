@@ -77,8 +77,11 @@ def test_same_seed_repeats_exactly_and_another_seed_differs():
 def test_a_checkpoint_of_another_run_or_a_corrupt_one_is_refused(tmp_path):
     checkpoint = tmp_path / "run.pt"
     with pytest.raises(_Interrupted):
-        run_method("spp", seed=0, strength=10.0, checkpoint=checkpoint, on_task_end=_interrupt_after(1), **DIGITS)
-    with pytest.raises(CheckpointMismatchError, match=r"different run \(differs in \['seed', 'strength'\]\)"):
+        run_method(
+            "spp", seed=0, strength=10.0, checkpoint=checkpoint, on_task_end=_interrupt_after(1), **DIGITS
+        )
+    differs = r"different run \(differs in \['seed', 'strength'\]\)"
+    with pytest.raises(CheckpointMismatchError, match=differs):
         run_method("spp", seed=1, strength=100.0, checkpoint=checkpoint, **DIGITS)
     wider = TrainConfig(epochs=1, hidden=(16,), lr=0.1)
     with pytest.raises(CheckpointMismatchError, match="'model'"):
@@ -149,7 +152,9 @@ def test_vae_run_killed_by_sigkill_resumes_bit_identically(tmp_path):
     _kill_when(process, spp_epoch_1_saved)
     assert not (killed / "metrics.json").exists()
     assert vae_sequence.main(vae_argv(data, killed, "--resume")) == 0
-    a, b = (torch.load(root / "checkpoints" / "spp_lam100.pt", weights_only=False) for root in (full, killed))
+    a, b = (
+        torch.load(root / "checkpoints" / "spp_lam100.pt", weights_only=False) for root in (full, killed)
+    )
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     metrics = [json.loads((root / "metrics.json").read_text())["runs"] for root in (full, killed)]

@@ -31,7 +31,9 @@ def test_spp_beats_naive_on_split_digits_over_three_seeds():
     torch.set_num_threads(1)
     lam, rows = tune_strength(
         (100.0, 300.0, 1000.0, 3000.0, 10000.0),
-        lambda s: run_method("spp", benchmark="split_digits", seed=0, train=CONFIG, strength=s, split="validation"),
+        lambda s: run_method(
+            "spp", benchmark="split_digits", seed=0, train=CONFIG, strength=s, split="validation"
+        ),
     )
     assert any(r["status"] == "ok" for r in rows), rows
     naive, spp = _mean_metrics("finetune", None), _mean_metrics("spp", lam)
