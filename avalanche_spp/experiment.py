@@ -66,6 +66,7 @@ def run_method(
     progress: bool = False,
     on_task_end: TaskEndHook | None = None,
     checkpoint: str | Path | None = None,
+    on_divergence: str = "raise",
 ) -> dict[str, Any]:
     """Train ``method`` on ``benchmark`` and return its run record.
 
@@ -95,11 +96,20 @@ def run_method(
             saved experience and ends with the same record as an uninterrupted run (bit-identical
             on the CPU). The file is removed once the run is complete. ``joint`` trains once and
             is not checkpointed.
+        on_divergence: what to do when training diverges (weights or SPP importance not finite):
+            ``"raise"`` :class:`~avalanche_spp.importance.DivergedError` (the tuner's choice: that
+            strength failed), or ``"record"``: stop training, evaluate the diverged model on the
+            remaining rows (chance-level accuracy) and note the task in the record's
+            ``diverged_at_task`` (final runs: a method that diverges on a seed is charged for it,
+            not left out of the mean).
 
     Returns:
         A record (see :func:`avalanche_spp.report.build_record`); ``joint``'s accuracy matrix
         repeats its final per-task accuracies in every row, so its BWT and SMT are 0.
     """
+    if on_divergence not in ("raise", "record"):
+        raise ValueError(f"on_divergence must be 'raise' or 'record', got {on_divergence!r}")
+    diverged_at: int | None = None
     RNGManager.set_random_seeds(seed)
     options = dict(benchmark_options or {})
     stream = make_benchmark(
@@ -144,14 +154,22 @@ def run_method(
             if checkpoint.exists():
                 strategy, saved = _load_checkpoint(strategy, checkpoint, fingerprint)
                 matrix, train_seconds, first = saved["matrix"], saved["train_seconds"], saved["next_task"]
+                diverged_at = saved["diverged_at"]
                 log.info("resumed %s seed %d after task %d (%s)", method, seed, first - 1, checkpoint)
         for j in range(first, n):
-            start = time.perf_counter()
-            # A fresh optimiser state per task: Avalanche keeps SGD momentum across experiences
-            # by default, which moves old heads that get a (zero) penalty gradient.
-            strategy.train(stream.train_stream[j], reset_optimizer_state=True)
-            train_seconds += time.perf_counter() - start
-            _check_finite_weights(strategy.model, method, j)
+            if diverged_at is None:
+                start = time.perf_counter()
+                try:
+                    # A fresh optimiser state per task: Avalanche keeps SGD momentum across
+                    # experiences by default, which moves old heads that get a (zero) penalty gradient.
+                    strategy.train(stream.train_stream[j], reset_optimizer_state=True)
+                    _check_finite_weights(strategy.model, method, j)
+                except DivergedError as error:
+                    if on_divergence == "raise":
+                        raise
+                    log.warning("%s seed %d: %s; recorded, evaluated as it is", method, seed, error)
+                    diverged_at = j
+                train_seconds += time.perf_counter() - start
             matrix[j] = _experience_accuracies(strategy.eval(stream.test_stream), n)
             if on_task_end is not None:
                 on_task_end(j, strategy)
@@ -162,7 +180,7 @@ def run_method(
                     strategy,
                     checkpoint,
                     {"fingerprint": fingerprint, "matrix": matrix, "train_seconds": train_seconds,
-                     "next_task": j + 1},
+                     "next_task": j + 1, "diverged_at": diverged_at},
                 )
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)  # the record returned below holds everything
@@ -178,7 +196,7 @@ def run_method(
         "train": asdict(train),
         "torch_threads": torch.get_num_threads(),
     }
-    return build_record(
+    record = build_record(
         method=method,
         benchmark=benchmark,
         seed=seed,
@@ -192,6 +210,8 @@ def run_method(
             "total": train_seconds,
         },
     )
+    record["diverged_at_task"] = diverged_at
+    return record
 
 
 def tune_strength(

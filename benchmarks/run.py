@@ -385,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records,
         title=f"{config.benchmark}: SPP and baselines",
         sweep_rows=sweep_rows or None,
-        notes=_notes(config, out),
+        notes=_notes(config, out, records),
         command=command,
     )
     print(markdown_table(summarize(records)), end="")  # the result, also with --quiet
@@ -429,6 +429,7 @@ def run_comparison(config: RunConfig, out: Path) -> list[dict[str, Any]]:
                     progress=not config.quiet,
                     on_task_end=saver,
                     checkpoint=out / "checkpoints" / f"{method}_seed{seed}.pt",
+                    on_divergence="record",
                 )
                 write_json(path, record)
             if method == "joint":
@@ -486,7 +487,7 @@ def _sweep_rows(out: Path, method: str) -> list[dict[str, Any]]:
     ]
 
 
-def _notes(config: RunConfig, out: Path) -> str:
+def _notes(config: RunConfig, out: Path, records: Sequence[dict[str, Any]] = ()) -> str:
     lines = [
         "Strengths were tuned on the validation split (carved from the training data) with seed "
         f"{config.tune_seed}; the table reports the test split.",
@@ -495,14 +496,23 @@ def _notes(config: RunConfig, out: Path) -> str:
         path = out / "tuning" / f"{method}_summary.json"
         if path.exists():
             summary = read_json(path)
-            cells = ", ".join(f"{r['strength']:g}: {_percent(r.get('acc'))}" for r in summary["rows"])
+            cells = ", ".join(f"{r['strength']:g}: {_cell(r)}" for r in summary["rows"])
             lines.append(f"- {method} validation ACC (%) by strength: {cells}; chosen {summary['best']}")
     lines.append("The lambda plot shows SPP's validation ACC/BWT/FWT over its tuning grid.")
+    diverged = [r for r in records if r.get("diverged_at_task") is not None]
+    for r in diverged:
+        lines.append(
+            f"- **{r['method']} seed {r['seed']} diverged** on task {r['diverged_at_task']} at its tuned "
+            f"strength {r['strength']:g} (non-finite weights); it is kept in the mean with the "
+            "accuracies of the diverged model, which are at chance level."
+        )
     return "\n".join(lines)
 
 
-def _percent(value: float | None) -> str:
-    return "diverged" if value is None else f"{100 * value:.1f}"
+def _cell(row: dict[str, Any]) -> str:
+    if row.get("acc") is not None:
+        return f"{100 * row['acc']:.1f}"
+    return "skipped (a smaller strength diverged)" if row.get("status") == "skipped" else "diverged"
 
 
 def _prepare_output(out: Path, config: RunConfig) -> None:

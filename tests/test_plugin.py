@@ -357,3 +357,52 @@ def test_spp_with_zero_strength_trains_exactly_like_naive():
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name
+
+
+def _train_two_tasks(penalty_via: str, lam: float = 50.0):
+    torch.manual_seed(0)
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    plugin = SPPPlugin(lam=lam, penalty_via=penalty_via)
+    strategy = _strategy(model, [plugin])
+    strategy.train(bench.train_stream[0])
+    strategy.train(bench.train_stream[1])  # learned under the penalty
+    return model, plugin
+
+
+def test_gradient_path_trains_exactly_like_the_loss_path():
+    # penalty_via="gradient" adds 2 lam Omega (W - W*) to .grad after backward; "loss" adds
+    # lam * sum Omega (W - W*)^2 to strategy.loss before it. Same SGD trajectory either way.
+    via_grad, plugin = _train_two_tasks("gradient")
+    via_loss, _ = _train_two_tasks("loss")
+    free, _ = _train_two_tasks("gradient", lam=0.0)
+    moved = 0.0
+    triples = zip(via_grad.named_parameters(), via_loss.parameters(), free.parameters(), strict=True)
+    for (name, a), b, c in triples:
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+        moved = max(moved, (a - c).abs().max().item())
+    assert moved > 1e-3  # the penalty did change the trajectory: the comparison is not vacuous
+    assert plugin.penalty_via == "gradient"
+
+
+def test_gradient_path_adds_exactly_the_penalty_gradient_in_a_training_step():
+    model, plugin = _train_two_tasks("gradient")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    x = torch.randn(4, 8)
+    strategy = SimpleNamespace(model=model)
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x, 0), torch.zeros(4, dtype=torch.long)).backward()
+    task_grads = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+    plugin.after_backward(strategy)
+    params = dict(model.named_parameters())
+    for name, omega in plugin.omega.items():
+        base = task_grads[name] if task_grads[name] is not None else torch.zeros_like(omega)
+        expected = base + 2 * plugin.lam * omega * (params[name].detach() - plugin.anchor[name])
+        torch.testing.assert_close(params[name].grad, expected, msg=name)
+
+
+def test_penalty_via_must_be_gradient_or_loss():
+    with pytest.raises(ValueError, match=r"penalty_via must be one of \['gradient', 'loss'\]"):
+        SPPPlugin(penalty_via="hook")

@@ -1,0 +1,56 @@
+"""The experiment runner: strength tuning on validation, and what happens when training diverges."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avalanche_spp.baselines import TrainConfig
+from avalanche_spp.experiment import run_method, tune_strength
+from avalanche_spp.importance import DivergedError
+
+torch.set_num_threads(1)
+DIGITS = {"benchmark": "split_digits", "seed": 0, "benchmark_options": {"train_limit": 100}}
+
+
+def test_tuner_picks_the_best_validation_acc_and_skips_strengths_above_a_divergence():
+    tried = []
+
+    def evaluate(strength):
+        tried.append(strength)
+        if strength >= 100:
+            raise DivergedError("too strong")
+        acc = {1.0: 0.7, 10.0: 0.9, 0.1: 0.9}[strength]
+        return {"metrics": {"acc": acc, "bwt": 0, "fwt": None, "smt": 0}}
+
+    best, rows = tune_strength([1000.0, 10.0, 0.1, 1.0, 100.0], evaluate)
+    assert tried == [0.1, 1.0, 10.0, 100.0]  # ascending; 1000 never run
+    assert best == 0.1  # a tie goes to the smaller strength
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "diverged", "skipped"]
+    assert rows[-1]["strength"] == 1000.0 and rows[-1]["acc"] is None
+
+
+def test_tuner_refuses_an_empty_grid_and_a_grid_that_only_diverges():
+    with pytest.raises(ValueError, match="grid is empty"):
+        tune_strength([], lambda s: {})
+
+    def diverge(strength):
+        raise DivergedError("no")
+
+    with pytest.raises(RuntimeError, match="every strength .* diverged"):
+        tune_strength([1.0, 2.0], diverge)
+
+
+def test_a_diverging_run_raises_for_tuning_and_is_recorded_for_final_runs():
+    config = TrainConfig(epochs=2, hidden=(32,), lr=0.1)  # EWC at 1e5 blows up on task 3 here
+    with pytest.raises(DivergedError, match="diverged on task 3.*not finite"):
+        run_method("ewc", strength=1e5, train=config, **DIGITS)
+    record = run_method("ewc", strength=1e5, train=config, on_divergence="record", **DIGITS)
+    assert record["diverged_at_task"] == 3
+    matrix = record["accuracy_matrix"]
+    assert all(row[j] is not None and 0 <= row[j] <= 1 for j, row in enumerate(matrix))  # all evaluated
+    assert max(matrix[-1]) < 0.6  # the diverged model is at chance level on these 2-class tasks
+    healthy = run_method("ewc", strength=1.0, train=config, **DIGITS)
+    assert healthy["diverged_at_task"] is None
+    with pytest.raises(ValueError, match="on_divergence must be"):
+        run_method("ewc", train=config, on_divergence="ignore", **DIGITS)
