@@ -211,7 +211,36 @@ def run_method(
         },
     )
     record["diverged_at_task"] = diverged_at
+    spp = [p for p in strategy.plugins if isinstance(p, SPPPlugin)]
+    if spp and spp[0].omega:
+        record["spp_importance"] = importance_summary(spp[0].omega, lr=train.lr, momentum=train.momentum)
     return record
+
+
+def importance_summary(omega: Mapping[str, torch.Tensor], *, lr: float, momentum: float) -> dict[str, Any]:
+    """Statistics of the accumulated importance, and the largest ``lambda`` plain SGD can bear.
+
+    The penalty ``lam * Omega_k (W_k - W*_k)^2`` is a quadratic of curvature ``2 lam Omega_k``
+    in each weight. Heavy-ball SGD (learning rate ``eta``, momentum ``mu``) on a quadratic of
+    curvature ``h`` is stable only while ``eta * h < 2 (1 + mu)``, so the penalty alone makes
+    training diverge once ``lam > (1 + mu) / (eta * max_k Omega_k)``, whatever the task loss does.
+
+    Returns:
+        ``n``, ``max``, ``mean``, ``median_nonzero``, ``fraction_zero`` of ``Omega`` over all
+        weights, and ``lam_stability_limit`` ``= (1 + mu) / (eta * max Omega)`` (``None`` when
+        every importance is 0).
+    """
+    values = torch.cat([t.detach().flatten().double().cpu() for t in omega.values()])
+    nonzero = values[values > 0]
+    top = float(values.max()) if values.numel() else 0.0
+    return {
+        "n": int(values.numel()),
+        "max": top,
+        "mean": float(values.mean()) if values.numel() else 0.0,
+        "median_nonzero": float(nonzero.median()) if nonzero.numel() else 0.0,
+        "fraction_zero": float((values == 0).double().mean()) if values.numel() else 0.0,
+        "lam_stability_limit": (1.0 + momentum) / (lr * top) if top > 0 else None,
+    }
 
 
 def tune_strength(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from avalanche_spp.baselines import TrainConfig
-from avalanche_spp.experiment import run_method, tune_strength
+from avalanche_spp.experiment import importance_summary, run_method, tune_strength
 from avalanche_spp.importance import DivergedError
 
 torch.set_num_threads(1)
@@ -54,3 +54,22 @@ def test_a_diverging_run_raises_for_tuning_and_is_recorded_for_final_runs():
     assert healthy["diverged_at_task"] is None
     with pytest.raises(ValueError, match="on_divergence must be"):
         run_method("ewc", train=config, on_divergence="ignore", **DIGITS)
+
+
+def test_importance_summary_by_hand():
+    omega = {"a": torch.tensor([0.0, 0.5, 2.0]), "b": torch.tensor([[0.0], [1.0]])}
+    summary = importance_summary(omega, lr=0.01, momentum=0.9)
+    assert summary["n"] == 5 and summary["max"] == 2.0
+    assert summary["mean"] == pytest.approx(3.5 / 5)
+    assert summary["median_nonzero"] == 1.0  # of 0.5, 1, 2
+    assert summary["fraction_zero"] == pytest.approx(0.4)
+    assert summary["lam_stability_limit"] == pytest.approx(1.9 / (0.01 * 2.0))  # (1 + mu) / (eta max)
+    assert importance_summary({"a": torch.zeros(3)}, lr=0.1, momentum=0.0)["lam_stability_limit"] is None
+
+
+def test_spp_records_carry_the_importance_summary():
+    record = run_method("spp", strength=10.0, train=TrainConfig(epochs=1, hidden=(16,), lr=0.1), **DIGITS)
+    stats = record["spp_importance"]
+    assert stats["max"] > 0 and 0 <= stats["fraction_zero"] < 1
+    assert stats["lam_stability_limit"] == pytest.approx(1.9 / (0.1 * stats["max"]))
+    assert "spp_importance" not in run_method("finetune", train=TrainConfig(epochs=1, hidden=(16,)), **DIGITS)
