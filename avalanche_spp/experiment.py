@@ -110,6 +110,7 @@ def run_method(
     if on_divergence not in ("raise", "record"):
         raise ValueError(f"on_divergence must be 'raise' or 'record', got {on_divergence!r}")
     diverged_at: int | None = None
+    penalty_importance: dict[str, Any] | None = None
     RNGManager.set_random_seeds(seed)
     options = dict(benchmark_options or {})
     stream = make_benchmark(
@@ -154,8 +155,9 @@ def run_method(
             if checkpoint.exists():
                 strategy, saved = _load_checkpoint(strategy, checkpoint, fingerprint)
                 matrix, train_seconds, first = saved["matrix"], saved["train_seconds"], saved["next_task"]
-                diverged_at = saved["diverged_at"]
+                diverged_at, penalty_importance = saved["diverged_at"], saved["penalty_importance"]
                 log.info("resumed %s seed %d after task %d (%s)", method, seed, first - 1, checkpoint)
+        spp_plugins = [p for p in strategy.plugins if isinstance(p, SPPPlugin)]  # after any resume
         for j in range(first, n):
             if diverged_at is None:
                 start = time.perf_counter()
@@ -173,6 +175,12 @@ def run_method(
             matrix[j] = _experience_accuracies(strategy.eval(stream.test_stream), n)
             if on_task_end is not None:
                 on_task_end(j, strategy)
+            if j == n - 2 and spp_plugins and spp_plugins[0].omega:
+                # The importance the penalty applies while the last task is learned (the largest
+                # in force at any time: it only grows), and the lambda SGD can bear with it.
+                penalty_importance = importance_summary(
+                    spp_plugins[0].omega, lr=train.lr, momentum=train.momentum
+                )
             bar.update(1)
             bar.set_postfix(acc=f"{np.mean(matrix[j, : j + 1]):.3f}")
             if checkpoint is not None and j + 1 < n:
@@ -180,7 +188,8 @@ def run_method(
                     strategy,
                     checkpoint,
                     {"fingerprint": fingerprint, "matrix": matrix, "train_seconds": train_seconds,
-                     "next_task": j + 1, "diverged_at": diverged_at},
+                     "next_task": j + 1, "diverged_at": diverged_at,
+                     "penalty_importance": penalty_importance},
                 )
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)  # the record returned below holds everything
@@ -211,9 +220,8 @@ def run_method(
         },
     )
     record["diverged_at_task"] = diverged_at
-    spp = [p for p in strategy.plugins if isinstance(p, SPPPlugin)]
-    if spp and spp[0].omega:
-        record["spp_importance"] = importance_summary(spp[0].omega, lr=train.lr, momentum=train.momentum)
+    if penalty_importance is not None:
+        record["spp_importance"] = penalty_importance
     return record
 
 

@@ -68,8 +68,16 @@ def test_importance_summary_by_hand():
 
 
 def test_spp_records_carry_the_importance_summary():
-    record = run_method("spp", strength=10.0, train=TrainConfig(epochs=1, hidden=(16,), lr=0.1), **DIGITS)
+    seen = {}
+
+    def keep_omega(j, strategy):  # the importance in force while the last task (4) is learned
+        if j == 3:
+            seen.update({n: t.clone() for n, t in strategy.plugins[0].omega.items()})
+
+    train = TrainConfig(epochs=1, hidden=(16,), lr=0.1)
+    record = run_method("spp", strength=10.0, train=train, on_task_end=keep_omega, **DIGITS)
     stats = record["spp_importance"]
+    assert stats["max"] == pytest.approx(max(t.max().item() for t in seen.values()))
     assert stats["max"] > 0 and 0 <= stats["fraction_zero"] < 1
     assert stats["lam_stability_limit"] == pytest.approx(1.9 / (0.1 * stats["max"]))
     assert "spp_importance" not in run_method("finetune", train=TrainConfig(epochs=1, hidden=(16,)), **DIGITS)
