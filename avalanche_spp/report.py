@@ -716,3 +716,75 @@ def write_report(
     report = out_dir / REPORT_FILE
     _write_text_atomic(report, "\n".join(parts))
     return report
+
+
+# ----------------------------------------------------------------------------- variant table
+
+
+def variant_row(label: str, folder: str | os.PathLike[str], method: str = "spp") -> dict[str, Any]:
+    """One line of a variant study, read from a comparison folder written by ``benchmarks.run``.
+
+    Returns:
+        ``label``, the ``method``'s mean metrics and wall time (from ``summary.json``), its chosen
+        strength, the largest strength that trained and the smallest that diverged on validation
+        (from ``tuning/<method>_summary.json``, when it was tuned), and the mean over seeds of
+        the importance statistics the SPP records carry (``spp_importance``), when they do.
+
+    Raises:
+        FileNotFoundError: ``folder`` has no ``summary.json``. ValueError: it has no ``method`` row.
+    """
+    folder = Path(folder)
+    path = folder / SUMMARY_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `python -m benchmarks.run --out {folder} ...` first")
+    rows = [r for r in read_json(path)["summary"] if r["method"] == method]
+    if not rows:
+        raise ValueError(f"{path} has no {method!r} row")
+    summary = rows[0]
+    row: dict[str, Any] = {
+        "label": label,
+        "folder": str(folder),
+        "n_seeds": summary["n_seeds"],
+        "strength": summary["strengths"][0] if summary["strengths"] else None,
+        **{name: summary["metrics"][name] for name in METRIC_NAMES},
+        "wall_time_s": summary["wall_time_s"]["total"]["mean"],
+        "importance_time_s": summary["wall_time_s"]["importance"]["mean"],
+        "largest_trained": None,
+        "smallest_diverged": None,
+    }
+    tuning = folder / "tuning" / f"{method}_summary.json"
+    if tuning.exists():
+        trained = [r["strength"] for r in read_json(tuning)["rows"] if r.get("acc") is not None]
+        diverged = [r["strength"] for r in read_json(tuning)["rows"] if r.get("status") == "diverged"]
+        row["largest_trained"] = max(trained) if trained else None
+        row["smallest_diverged"] = min(diverged) if diverged else None
+    stats = [read_json(p).get("spp_importance") for p in sorted(folder.glob(f"runs/{method}_seed*.json"))]
+    stats = [s for s in stats if s]
+    for key in ("max", "fraction_zero", "lam_stability_limit"):
+        values = [s[key] for s in stats if s.get(key) is not None]
+        row[f"omega_{key}"] = float(np.mean(values)) if values else None
+    return row
+
+
+def variant_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table of :func:`variant_row` lines (metrics in percent, mean ± std over seeds)."""
+    header = (
+        "| variant | λ chosen | ACC (%) | BWT (%) | SMT (%²) | largest λ trained | smallest λ diverged "
+        "| max Ω | Ω = 0 (%) | λ limit (1+μ)/(η max Ω) | importance (s) | wall time (s) |"
+    )
+    lines = [header, "|" + "---|" * 12]
+    for r in rows:
+        cells = [
+            r["label"],
+            _fmt_strengths([r["strength"]]),
+            *(_fmt_stat(r[name], _SCALE[name], 2, r["n_seeds"]) for name in ("acc", "bwt", "smt")),
+            _fmt_strengths([r["largest_trained"]]),
+            _fmt_strengths([r["smallest_diverged"]]),
+            "n/a" if r["omega_max"] is None else f"{r['omega_max']:.3g}",
+            "n/a" if r["omega_fraction_zero"] is None else f"{100 * r['omega_fraction_zero']:.1f}",
+            "n/a" if r["omega_lam_stability_limit"] is None else f"{r['omega_lam_stability_limit']:.3g}",
+            f"{r['importance_time_s']:.2f}",
+            f"{r['wall_time_s']:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

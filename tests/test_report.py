@@ -292,3 +292,35 @@ def test_write_report_without_sweep(tmp_path):
     assert "lambda_sweep.png" not in text and "Strength sweep" not in text
     spp_row = next(line for line in text.splitlines() if line.startswith("| spp |"))
     assert spp_row.endswith("| 12.0 ± 1.0 | n/a | 3 |")  # no finetune run: no ratio
+
+
+def test_variant_table_reads_comparison_folders(tmp_path, capsys):
+    from benchmarks import run as run_cli
+    from benchmarks import table as table_cli
+
+    out = tmp_path / "variant"
+    argv = [
+        "--benchmark", "split_digits", "--methods", "spp", "--seeds", "2", "--epochs", "1", "--hidden", "16",
+        "--lr", "0.1", "--train-limit", "50", "--grid", "spp=10,100", "--out", str(out), "--quiet",
+        "--threads", "1",
+    ]  # fmt: skip
+    assert run_cli.main(argv) == 0
+    capsys.readouterr()
+    tuning = out / "tuning" / "spp_summary.json"
+    summary = json.loads(tuning.read_text())
+    summary["rows"].append({"strength": 1000.0, "status": "diverged", "acc": None})
+    tuning.write_text(json.dumps(summary))
+
+    assert table_cli.main(["--out", str(tmp_path / "t.md"), f"plain={out}"]) == 0
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert len(rows) == 1
+    row = rows[0]
+    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("spp_seed*.json"))]
+    assert row["acc"]["mean"] == pytest.approx(np.mean([r["metrics"]["acc"] for r in runs]))
+    assert row["largest_trained"] == 100.0 and row["smallest_diverged"] == 1000.0
+    assert row["omega_max"] == pytest.approx(np.mean([r["spp_importance"]["max"] for r in runs]))
+    text = (tmp_path / "t.md").read_text()
+    assert text.splitlines()[2].startswith("| plain | ") and "1000" in text
+    assert capsys.readouterr().out == text
+    with pytest.raises(SystemExit):
+        table_cli.main(["--out", str(tmp_path / "u.md"), f"x={tmp_path / 'nothing'}"])
