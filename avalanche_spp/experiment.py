@@ -225,29 +225,40 @@ def run_method(
     return record
 
 
-def importance_summary(omega: Mapping[str, torch.Tensor], *, lr: float, momentum: float) -> dict[str, Any]:
+def importance_summary(
+    omega: Mapping[str, torch.Tensor], *, lr: float, momentum: float, shared_prefix: str = "features."
+) -> dict[str, Any]:
     """Statistics of the accumulated importance, and the largest ``lambda`` plain SGD can bear.
 
     The penalty ``lam * Omega_k (W_k - W*_k)^2`` is a quadratic of curvature ``2 lam Omega_k``
     in each weight. Heavy-ball SGD (learning rate ``eta``, momentum ``mu``) on a quadratic of
-    curvature ``h`` is stable only while ``eta * h < 2 (1 + mu)``, so the penalty alone makes
-    training diverge once ``lam > (1 + mu) / (eta * max_k Omega_k)``, whatever the task loss does.
+    curvature ``h`` is stable only while ``eta * h < 2 (1 + mu)``, so a weight that the new task's
+    loss moves away from ``W*`` oscillates with growing amplitude once
+    ``lam > (1 + mu) / (eta * Omega_k)``. The weights of an old task's head get no gradient from
+    the new task and stay at ``W*``, so the limit that matters is the one of the shared weights
+    (names starting with ``shared_prefix``; the models of this package keep them in
+    ``features``).
 
     Returns:
         ``n``, ``max``, ``mean``, ``median_nonzero``, ``fraction_zero`` of ``Omega`` over all
-        weights, and ``lam_stability_limit`` ``= (1 + mu) / (eta * max Omega)`` (``None`` when
-        every importance is 0).
+        weights; ``max_shared`` over the shared ones; ``lam_stability_limit`` ``= (1 + mu) /
+        (eta * max_shared)`` (over all weights when none is shared; ``None`` when every importance
+        is 0).
     """
     values = torch.cat([t.detach().flatten().double().cpu() for t in omega.values()])
+    shared = [t.detach().flatten().double().cpu() for n, t in omega.items() if n.startswith(shared_prefix)]
     nonzero = values[values > 0]
     top = float(values.max()) if values.numel() else 0.0
+    top_shared = float(torch.cat(shared).max()) if shared else None
+    limiting = top if top_shared is None else top_shared
     return {
         "n": int(values.numel()),
         "max": top,
+        "max_shared": top_shared,
         "mean": float(values.mean()) if values.numel() else 0.0,
         "median_nonzero": float(nonzero.median()) if nonzero.numel() else 0.0,
         "fraction_zero": float((values == 0).double().mean()) if values.numel() else 0.0,
-        "lam_stability_limit": (1.0 + momentum) / (lr * top) if top > 0 else None,
+        "lam_stability_limit": (1.0 + momentum) / (lr * limiting) if limiting > 0 else None,
     }
 
 

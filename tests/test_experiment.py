@@ -57,13 +57,15 @@ def test_a_diverging_run_raises_for_tuning_and_is_recorded_for_final_runs():
 
 
 def test_importance_summary_by_hand():
-    omega = {"a": torch.tensor([0.0, 0.5, 2.0]), "b": torch.tensor([[0.0], [1.0]])}
+    omega = {"head.w": torch.tensor([0.0, 0.5, 2.0]), "features.b": torch.tensor([[0.0], [1.0]])}
     summary = importance_summary(omega, lr=0.01, momentum=0.9)
-    assert summary["n"] == 5 and summary["max"] == 2.0
+    assert summary["n"] == 5 and summary["max"] == 2.0 and summary["max_shared"] == 1.0
     assert summary["mean"] == pytest.approx(3.5 / 5)
     assert summary["median_nonzero"] == 1.0  # of 0.5, 1, 2
     assert summary["fraction_zero"] == pytest.approx(0.4)
-    assert summary["lam_stability_limit"] == pytest.approx(1.9 / (0.01 * 2.0))  # (1 + mu) / (eta max)
+    assert summary["lam_stability_limit"] == pytest.approx(1.9 / (0.01 * 1.0))  # (1 + mu) / (eta max shared)
+    no_prefix = importance_summary(omega, lr=0.01, momentum=0.9, shared_prefix="trunk.")
+    assert no_prefix["max_shared"] is None and no_prefix["lam_stability_limit"] == pytest.approx(1.9 / 0.02)
     assert importance_summary({"a": torch.zeros(3)}, lr=0.1, momentum=0.0)["lam_stability_limit"] is None
 
 
@@ -79,5 +81,6 @@ def test_spp_records_carry_the_importance_summary():
     stats = record["spp_importance"]
     assert stats["max"] == pytest.approx(max(t.max().item() for t in seen.values()))
     assert stats["max"] > 0 and 0 <= stats["fraction_zero"] < 1
-    assert stats["lam_stability_limit"] == pytest.approx(1.9 / (0.1 * stats["max"]))
+    shared_max = max(t.max().item() for n, t in seen.items() if n.startswith("features."))
+    assert stats["lam_stability_limit"] == pytest.approx(1.9 / (0.1 * shared_max))
     assert "spp_importance" not in run_method("finetune", train=TrainConfig(epochs=1, hidden=(16,)), **DIGITS)
