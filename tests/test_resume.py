@@ -33,14 +33,6 @@ TRAIN = TrainConfig(epochs=1, hidden=(32,), lr=0.1)
 DIGITS = {"benchmark": "split_digits", "train": TRAIN, "benchmark_options": {"train_limit": 100}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _Interrupted(Exception):
     pass
 
