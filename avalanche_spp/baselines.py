@@ -76,6 +76,7 @@ class TrainConfig:
     spp_normalize: str | None = None  # SPP's normalisation
     spp_accumulate: str = "sum"  # SPP's accumulation across tasks
     spp_importance_samples: int | None = None  # SPP importance subset (None: whole experience)
+    spp_curvature_cap: float | None = None  # SPP's optional cap on lam * Omega (not in the paper)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -102,6 +103,12 @@ class TrainConfig:
         check_choice("spp_first_order", self.spp_first_order, FIRST_ORDER_SIGNS)
         check_choice("spp_normalize", self.spp_normalize, NORMALIZATIONS)
         check_choice("spp_accumulate", self.spp_accumulate, ACCUMULATIONS)
+        cap = self.spp_curvature_cap
+        bad_cap = isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap <= 1
+        if cap is not None and bad_cap:
+            raise ValueError(f"spp_curvature_cap must be None or a number in (0, 1], got {cap!r}")
+        if cap is not None and self.optimizer != "sgd":
+            raise ValueError("spp_curvature_cap bounds SGD's step: it needs optimizer='sgd'")
         samples = self.spp_importance_samples
         if samples is not None and not _positive_int(samples):
             raise ValueError(f"spp_importance_samples must be a positive int or None, got {samples!r}")
@@ -184,6 +191,7 @@ def build_strategy(
                 normalize=config.spp_normalize,
                 accumulate=config.spp_accumulate,
                 importance_samples=config.spp_importance_samples,
+                curvature_cap=config.spp_curvature_cap,
             )
         )
     kwargs: dict[str, Any] = {

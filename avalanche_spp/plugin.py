@@ -84,6 +84,7 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         accumulate: str = "sum",
         seed: int = 0,
         penalty_via: str = "gradient",
+        curvature_cap: float | None = None,
     ) -> None:
         """Create the plugin.
 
@@ -108,6 +109,14 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                 use it when something must see the penalty in the loss, e.g. a gradient scaler for
                 mixed precision, or plugins that rewrite gradients in ``after_backward`` and are
                 listed before this one).
+            curvature_cap: ``None`` (the paper's penalty, default) or a fraction ``c`` in (0, 1]:
+                not in the paper, an experiment on SPP's strength limit. Plain SGD (learning rate
+                ``eta``, momentum ``mu``) diverges on the penalty once ``eta * 2 lam Omega_k >
+                2 (1 + mu)`` for a weight the new task moves; with a cap each weight's penalty
+                curvature is clipped, ``lam * Omega_k <= c (1 + mu) / eta``, so a larger ``lam``
+                strengthens the many small importances without destabilising the few large
+                ones. Needs an SGD optimiser (``eta`` and ``mu`` are read from its first
+                parameter group at the start of each experience).
 
         Raises:
             ValueError: an argument outside its allowed values.
@@ -126,6 +135,12 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         check_choice("normalize", normalize, NORMALIZATIONS)
         check_choice("accumulate", accumulate, ACCUMULATIONS)
         check_choice("penalty_via", penalty_via, PENALTY_PATHS)
+        if curvature_cap is not None and (
+            isinstance(curvature_cap, bool)
+            or not isinstance(curvature_cap, (int, float))
+            or not 0 < curvature_cap <= 1
+        ):
+            raise ValueError(f"curvature_cap must be None or a number in (0, 1], got {curvature_cap!r}")
         if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 < beta < math.inf:
             raise ValueError(f"beta must be a positive number (and finite), got {beta!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -139,6 +154,8 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         self.accumulate = accumulate
         self.seed = seed
         self.penalty_via = penalty_via
+        self.curvature_cap = None if curvature_cap is None else float(curvature_cap)
+        self._omega_limit: float | None = None  # the cap's bound on Omega for this experience
 
         self.omega: dict[str, Tensor] = {}
         """Accumulated importance ``Omega^{1:t}`` by parameter name."""
@@ -162,6 +179,7 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                 "nothing to learn, measure or protect; unfreeze some parameters"
             )
         self._penalty_terms = None  # rebuilt lazily on the first step (heads may have changed)
+        self._omega_limit = self._cap_for(strategy.optimizer) if self.curvature_cap is not None else None
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         """``penalty_via="loss"``: ``strategy.loss += lam * sum Omega (W - W*)^2`` (paper eq. 5)."""
@@ -184,9 +202,24 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             return [], [], []
         model = _unwrap(strategy.model)
         if self._penalty_terms is None or self._penalty_model is not model:
-            self._penalty_terms = self.penalty_terms(model)
+            params, anchors, omegas = self.penalty_terms(model)
+            if self._omega_limit is not None:
+                omegas = [torch.clamp(o, max=self._omega_limit) for o in omegas]
+            self._penalty_terms = (params, anchors, omegas)
             self._penalty_model = model
         return self._penalty_terms
+
+    def _cap_for(self, optimizer: Any) -> float:
+        """``c (1 + mu) / (eta lam)``: the largest Omega whose penalty SGD can still follow."""
+        if not isinstance(optimizer, torch.optim.SGD):
+            raise ValueError(
+                f"curvature_cap needs a torch.optim.SGD optimiser (its lr and momentum set the "
+                f"bound), got {type(optimizer).__name__}; use curvature_cap=None"
+            )
+        group = optimizer.param_groups[0]
+        if self.lam == 0.0:
+            return math.inf
+        return self.curvature_cap * (1.0 + group.get("momentum", 0.0)) / (group["lr"] * self.lam)
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         """Measure this experience's importance, accumulate it, and snapshot ``W*``."""
@@ -274,6 +307,7 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                 "accumulate": self.accumulate,
                 "seed": self.seed,
                 "penalty_via": self.penalty_via,
+                "curvature_cap": self.curvature_cap,
             },
         }
 

@@ -72,6 +72,7 @@ class RunConfig:
     spp_normalize: str | None = None
     spp_accumulate: str = "sum"
     spp_importance_samples: int | None = None
+    spp_curvature_cap: float | None = None  # not in the paper: cap lam*Omega for SGD stability
     save_tensors: bool = False  # keep weights and importances after each task (benchmarks.analyze)
     threads: int | None = None  # torch threads (None: torch's default)
     quiet: bool = False  # no progress bars
@@ -93,6 +94,7 @@ class RunConfig:
             spp_normalize=self.spp_normalize,
             spp_accumulate=self.spp_accumulate,
             spp_importance_samples=self.spp_importance_samples,
+            spp_curvature_cap=self.spp_curvature_cap,
         )
 
     def benchmark_options(self) -> dict[str, int]:
@@ -171,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spp-normalize", choices=("none", "max", "softmax"))
     parser.add_argument("--spp-accumulate", choices=("sum", "max"))
     parser.add_argument("--spp-importance-samples", type=int)
+    parser.add_argument(
+        "--spp-curvature-cap",
+        type=float,
+        help="not in the paper: clip each lam*Omega to CAP*(1+momentum)/lr, CAP in (0, 1] (SGD only)",
+    )
     parser.add_argument("--save-tensors", action="store_const", const=True)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--quiet", action="store_const", const=True, help="no progress output")
@@ -300,7 +307,7 @@ _INT_SETTINGS = (
     "epochs", "batch_size", "n_tasks", "train_limit", "eval_limit", "image_size",
     "spp_importance_samples", "threads", "tune_seed",
 )  # fmt: skip
-_NUMBER_SETTINGS = ("lr", "momentum", "dropout", "lam")
+_NUMBER_SETTINGS = ("lr", "momentum", "dropout", "lam", "spp_curvature_cap")
 _TEXT_SETTINGS = (
     "benchmark", "out", "device", "data_root", "optimizer",
     "spp_fisher", "spp_first_order", "spp_normalize", "spp_accumulate",

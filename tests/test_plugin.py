@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from avalanche_spp import SPPPlugin
-from avalanche_spp.importance import entropy_importance
+from avalanche_spp.importance import DivergedError, entropy_importance
 
 torch.set_num_threads(1)
 
@@ -406,3 +406,54 @@ def test_gradient_path_adds_exactly_the_penalty_gradient_in_a_training_step():
 def test_penalty_via_must_be_gradient_or_loss():
     with pytest.raises(ValueError, match=r"penalty_via must be one of \['gradient', 'loss'\]"):
         SPPPlugin(penalty_via="hook")
+
+
+def _two_tasks_with(lam: float, curvature_cap: float | None, lr: float = 0.05):
+    torch.manual_seed(0)
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    plugin = SPPPlugin(lam=lam, curvature_cap=curvature_cap)
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=16,
+        train_epochs=2,
+        plugins=[plugin],
+        evaluator=None,
+    )
+    strategy.train(bench.train_stream[0])
+    strategy.train(bench.train_stream[1])
+    return model, plugin, strategy
+
+
+def test_curvature_cap_clips_lam_omega_to_what_sgd_can_follow():
+    lam, cap, lr = 1e6, 0.5, 0.05
+    model, plugin, strategy = _two_tasks_with(lam, cap, lr)
+    bound = cap * (1 + 0.9) / (lr * lam)
+    assert max(o.max().item() for o in plugin.omega.values()) > bound  # the cap is active
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    model.zero_grad()
+    plugin.after_backward(strategy)
+    params = dict(model.named_parameters())
+    for name, omega in plugin.omega.items():
+        expected = 2 * lam * omega.clamp(max=bound) * (params[name].detach() - plugin.anchor[name])
+        torch.testing.assert_close(params[name].grad, expected, msg=name)
+
+
+def test_without_the_cap_the_same_strength_diverges():
+    with pytest.raises(DivergedError, match="not finite"):  # found by the importance pass after task 2
+        _two_tasks_with(1e6, None)
+
+
+def test_curvature_cap_is_checked():
+    with pytest.raises(ValueError, match=r"curvature_cap must be None or a number in \(0, 1\]"):
+        SPPPlugin(curvature_cap=1.5)
+    plugin = SPPPlugin(curvature_cap=0.5)
+    model = nn.Linear(2, 2)
+    strategy = SimpleNamespace(model=model, optimizer=torch.optim.Adam(model.parameters()))
+    with pytest.raises(ValueError, match="needs a torch.optim.SGD optimiser"):
+        plugin.before_training_exp(strategy)
