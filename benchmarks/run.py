@@ -382,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _prepare_output(out, config)
         records = run_comparison(config, out)
+        checkpoints = out / "checkpoints"
+        if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+            checkpoints.rmdir()  # every run finished: its checkpoint was removed
     except CLI_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
