@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import platform
+import re
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -790,3 +791,39 @@ def variant_table(rows: Sequence[Mapping[str, Any]]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- tables in docs
+
+_TABLE_BLOCK = re.compile(
+    r"(?P<open><!-- (?P<kind>summary|include): (?P<path>[^ ]+) -->\n)(?P<body>.*?)(?P<close><!-- end -->)",
+    re.DOTALL,
+)
+
+
+def fill_tables(text: str, base: str | os.PathLike[str]) -> str:
+    """Regenerate the measured tables inside a markdown document.
+
+    A block ``<!-- summary: DIR -->`` ... ``<!-- end -->`` is replaced by the results table of the
+    comparison in ``base/DIR`` (its ``summary.json``, as ``report.md`` shows it); a block
+    ``<!-- include: FILE -->`` ... ``<!-- end -->`` by the text of ``base/FILE`` (e.g. the table
+    ``benchmarks.table`` wrote). So the numbers in the docs are the measured ones, never typed.
+
+    Raises:
+        FileNotFoundError: a block names a folder or file that does not exist.
+    """
+    base = Path(base)
+
+    def render(match: re.Match) -> str:
+        path = base / match["path"]
+        if match["kind"] == "summary":
+            if not (path / SUMMARY_FILE).exists():
+                raise FileNotFoundError(f"{path / SUMMARY_FILE} (named in a summary block) does not exist")
+            body = markdown_table(read_json(path / SUMMARY_FILE)["summary"])
+        else:
+            if not path.exists():
+                raise FileNotFoundError(f"{path} (named in an include block) does not exist")
+            body = path.read_text(encoding="utf-8")
+        return match["open"] + body + match["close"]
+
+    return _TABLE_BLOCK.sub(render, text)

@@ -6,6 +6,7 @@ import json
 import math
 import platform
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,3 +325,27 @@ def test_variant_table_reads_comparison_folders(tmp_path, capsys):
     assert capsys.readouterr().out == text
     with pytest.raises(SystemExit):
         table_cli.main(["--out", str(tmp_path / "u.md"), f"x={tmp_path / 'nothing'}"])
+
+
+def test_fill_tables_regenerates_measured_tables_and_docs_are_in_sync(tmp_path):
+    from benchmarks import docs_tables
+
+    records = [_record("finetune", 0, acc=0.875), _record("spp", 0, acc=0.905, strength=100.0)]
+    write_report(tmp_path / "results" / "cmp", records, title="t")
+    (tmp_path / "results" / "table.md").write_text("| a |\n")
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "intro\n<!-- summary: results/cmp -->\nstale 99.99\n<!-- end -->\n"
+        "<!-- include: results/table.md -->\nold\n<!-- end -->\nend\n"
+    )
+    assert docs_tables.main(["--check", str(doc)]) == 1
+    assert docs_tables.main([str(doc)]) == 0
+    text = doc.read_text()
+    assert "99.99" not in text and "| a |" in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert "| spp | 100 | 90.50 ± 0.00 |" in text  # the record's ACC, in percent
+    assert docs_tables.main(["--check", str(doc)]) == 0
+    doc.write_text("<!-- summary: results/missing -->\n<!-- end -->\n")
+    assert docs_tables.main([str(doc)]) == 2
+    # the project's own documents hold the tables of the results kept in docs/results
+    project_docs = [str(p) for p in (Path(__file__).parents[1] / "docs").glob("*.md")]
+    assert docs_tables.main(["--check", *project_docs]) == 0
