@@ -280,7 +280,7 @@ def tune_strength(
         ``"skipped"``) and the metrics ``acc``, ``bwt``, ``fwt``, ``smt`` of that validation run.
 
     Raises:
-        ValueError: an empty grid. RuntimeError: every strength diverged.
+        ValueError: an empty grid. DivergedError: every strength diverged (or was skipped).
     """
     if not grid:
         raise ValueError("the strength grid is empty")
@@ -304,7 +304,7 @@ def tune_strength(
         rows.append({"strength": float(strength), "status": status, **metrics})
     finished = [r for r in rows if r["status"] == "ok"]
     if not finished:
-        raise RuntimeError(f"every strength of {list(grid)} diverged: lower the grid or the lr")
+        raise DivergedError(f"every strength of {sorted(grid)} diverged: lower the grid or the lr")
     best = max(finished, key=lambda r: (r["acc"], -r["strength"]))
     return best["strength"], rows
 

@@ -37,7 +37,7 @@ def test_tuner_refuses_an_empty_grid_and_a_grid_that_only_diverges():
     def diverge(strength):
         raise DivergedError("no")
 
-    with pytest.raises(RuntimeError, match="every strength .* diverged"):
+    with pytest.raises(DivergedError, match="every strength .* diverged"):
         tune_strength([1.0, 2.0], diverge)
 
 
