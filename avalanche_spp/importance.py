@@ -598,6 +598,10 @@ def _normalize(omega: Tensor, normalize: str | None, beta: float) -> Tensor:
     if normalize == "max":
         peak = omega.max()
         return omega / peak if peak > 0 else omega
+    if not bool((omega > 0).any()):
+        # A tensor with no importance at all (a head that took no part, e.g. a later task's)
+        # stays free: a softmax would spread 1/n over it and penalise it before it is learned.
+        return omega
     flat = torch.softmax(beta * omega.reshape(-1), dim=0)
     return flat.view_as(omega)
 

@@ -342,3 +342,24 @@ def test_linear_backend_refuses_models_it_cannot_handle():
     vmapped = entropy_importance(conv, [x], per_sample_backend="vmap")
     for name in auto:
         torch.testing.assert_close(auto[name], vmapped[name])
+
+
+def test_softmax_normalisation_leaves_a_tensor_without_importance_at_zero():
+    # A later task's head takes no part in this task's output: its Omega is exactly 0, and the
+    # sharpening must not spread 1/n over it (it would be penalised before its task is learned).
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = nn.Linear(4, 6).double()
+            self.head0 = nn.Linear(6, 3).double()
+            self.head1 = nn.Linear(6, 3).double()
+
+        def forward(self, x):
+            return self.head0(torch.tanh(self.trunk(x)))
+
+    torch.manual_seed(0)
+    model = TwoHeads()
+    x = torch.randn(20, 4, dtype=torch.float64)
+    sharp = entropy_importance(model, [x], normalize="softmax")
+    assert torch.count_nonzero(sharp["head1.weight"]) == 0 and torch.count_nonzero(sharp["head1.bias"]) == 0
+    assert sharp["head0.weight"].sum().item() == pytest.approx(1.0)
