@@ -761,7 +761,7 @@ def variant_row(label: str, folder: str | os.PathLike[str], method: str = "spp")
         row["smallest_diverged"] = min(diverged) if diverged else None
     stats = [read_json(p).get("spp_importance") for p in sorted(folder.glob(f"runs/{method}_seed*.json"))]
     stats = [s for s in stats if s]
-    for key in ("max", "max_shared", "fraction_zero", "lam_stability_limit"):
+    for key in ("max", "max_shared", "median_nonzero", "fraction_zero", "lam_stability_limit"):
         values = [s[key] for s in stats if s.get(key) is not None]
         row[f"omega_{key}"] = float(np.mean(values)) if values else None
     return row
@@ -771,10 +771,10 @@ def variant_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown table of :func:`variant_row` lines (metrics in percent, mean ± std over seeds)."""
     header = (
         "| variant | λ chosen | ACC (%) | BWT (%) | SMT (%²) | largest λ trained | smallest λ diverged "
-        "| max Ω | max Ω shared | Ω = 0 (%) | λ limit (1+μ)/(η max Ω shared) | importance (s) "
-        "| wall time (s) |"
+        "| max Ω | max Ω shared | median Ω > 0 | Ω = 0 (%) | λ limit (1+μ)/(η max Ω shared) "
+        "| importance (s) | wall time (s) |"
     )
-    lines = [header, "|" + "---|" * 13]
+    lines = [header, "|" + "---|" * 14]
     for r in rows:
         cells = [
             r["label"],
@@ -784,6 +784,7 @@ def variant_table(rows: Sequence[Mapping[str, Any]]) -> str:
             _fmt_strengths([r["smallest_diverged"]]),
             "n/a" if r["omega_max"] is None else f"{r['omega_max']:.3g}",
             "n/a" if r.get("omega_max_shared") is None else f"{r['omega_max_shared']:.3g}",
+            "n/a" if r.get("omega_median_nonzero") is None else f"{r['omega_median_nonzero']:.3g}",
             "n/a" if r["omega_fraction_zero"] is None else f"{100 * r['omega_fraction_zero']:.1f}",
             "n/a" if r["omega_lam_stability_limit"] is None else f"{r['omega_lam_stability_limit']:.3g}",
             f"{r['importance_time_s']:.2f}",
