@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -127,6 +128,31 @@ def importance_timings(config: SpeedConfig) -> dict[str, float]:
     return result
 
 
+def markdown(result: dict) -> str:
+    """The measured timings as a markdown table (``<out>.md``, included by docs/results.md)."""
+    lines = [
+        "| tensors | weights | penalty gradient (ms) | penalty autograd (ms) | Python loop (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for label in ("penalty_mlp", "penalty_vgg9"):
+        row = result[label]
+        name = "paper's MLP" if label == "penalty_mlp" else "VGG-9-sized"
+        lines.append(
+            f"| {name}, {row['n_tensors']} | {row['n_scalars']:,} | {row['gradient_ms']:.2f} | "
+            f"{row['fused_ms']:.2f} | {row['python_loop_ms']:.2f} |"
+        )
+    importance = result["importance_mlp"]
+    lines += [
+        "",
+        f"One MLP training step (forward, loss, backward, SGD step; batch "
+        f"{result['config']['batch_size']}): {result['mlp_training_step_ms']:.2f} ms. Importance pass on "
+        f"the MLP: {importance['per_sample_samples_per_s']:,.0f} samples/s with the per-sample Fisher, "
+        f"{importance['batch_samples_per_s']:,.0f} samples/s with the batch Fisher "
+        f"(threads: {result['config']['threads']}).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.penalty_speed", description=__doc__)
     defaults = SpeedConfig()
@@ -147,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "importance_mlp": importance_timings(config),
     }
     write_json(config.out, result)
+    Path(config.out).with_suffix(".md").write_text(markdown(result), encoding="utf-8")
     mlp = result["penalty_mlp"]
     print(
         f"MLP penalty gradient {mlp['gradient_ms']:.3f} ms, autograd {mlp['fused_ms']:.3f} ms, "
