@@ -84,3 +84,13 @@ def test_spp_records_carry_the_importance_summary():
     shared_max = max(t.max().item() for n, t in seen.items() if n.startswith("features."))
     assert stats["lam_stability_limit"] == pytest.approx(1.9 / (0.1 * shared_max))
     assert "spp_importance" not in run_method("finetune", train=TrainConfig(epochs=1, hidden=(16,)), **DIGITS)
+
+
+def test_spp_diverging_inside_its_importance_pass_is_recorded_too():
+    # Here the weights blow up during task 2 and SPP's importance pass after it refuses the
+    # non-finite model (DivergedError raised inside Avalanche's callbacks): the run still ends.
+    config = TrainConfig(epochs=5, hidden=(256, 128), lr=0.1)
+    run = {"benchmark": "split_digits", "seed": 0, "split": "validation", "strength": 1e4, "train": config}
+    record = run_method("spp", on_divergence="record", **run)
+    assert record["diverged_at_task"] == 2
+    assert all(row[j] is not None for j, row in enumerate(record["accuracy_matrix"]))
