@@ -755,8 +755,9 @@ def variant_row(label: str, folder: str | os.PathLike[str], method: str = "spp")
     }
     tuning = folder / "tuning" / f"{method}_summary.json"
     if tuning.exists():
-        trained = [r["strength"] for r in read_json(tuning)["rows"] if r.get("acc") is not None]
-        diverged = [r["strength"] for r in read_json(tuning)["rows"] if r.get("status") == "diverged"]
+        tuning_rows = read_json(tuning)["rows"]
+        trained = [r["strength"] for r in tuning_rows if r.get("acc") is not None]
+        diverged = [r["strength"] for r in tuning_rows if r.get("status") == "diverged"]
         row["largest_trained"] = max(trained) if trained else None
         row["smallest_diverged"] = min(diverged) if diverged else None
     stats = [read_json(p).get("spp_importance") for p in sorted(folder.glob(f"runs/{method}_seed*.json"))]

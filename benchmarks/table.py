@@ -8,12 +8,14 @@ Each ``LABEL=FOLDER`` is an output folder of ``python -m benchmarks.run``. The t
 folder, the method's chosen strength and mean ± std ACC, BWT and SMT over seeds, the largest
 strength that trained and the smallest that diverged on validation, the importance statistics
 of its SPP runs (largest Omega, share of zeros, and the SGD stability limit of lambda) and its
-times. ``<out>`` gets the markdown and ``<out>.json`` the rows.
+times. ``<out>`` gets the markdown (its first line, an HTML comment, is the command that made
+it) and ``<out>.json`` the rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -53,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    table = variant_table(rows)
+    command = "python -m benchmarks.table " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    table = f"<!-- made by: {command} -->\n" + variant_table(rows)
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table, encoding="utf-8")

@@ -321,7 +321,9 @@ def test_variant_table_reads_comparison_folders(tmp_path, capsys):
     assert row["largest_trained"] == 100.0 and row["smallest_diverged"] == 1000.0
     assert row["omega_max"] == pytest.approx(np.mean([r["spp_importance"]["max"] for r in runs]))
     text = (tmp_path / "t.md").read_text()
-    assert text.splitlines()[2].startswith("| plain | ") and "1000" in text
+    made_by = f"<!-- made by: python -m benchmarks.table --out {tmp_path / 't.md'} plain={out} -->"
+    assert text.splitlines()[0] == made_by
+    assert text.splitlines()[3].startswith("| plain | ") and "1000" in text
     assert capsys.readouterr().out == text
     with pytest.raises(SystemExit):
         table_cli.main(["--out", str(tmp_path / "u.md"), f"x={tmp_path / 'nothing'}"])
