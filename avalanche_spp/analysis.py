@@ -188,6 +188,10 @@ def frechet_distance_1d(first: Tensor | np.ndarray, second: Tensor | np.ndarray)
     return frechet_distance_gaussians(*fit_gaussian(first), *fit_gaussian(second))
 
 
+# Runs recorded before the sign option was named by what it computes.
+_OLD_SIGNS = {"paper": "entropy", "authors": "neg_entropy"}
+
+
 def normalized_density(
     values: Tensor | np.ndarray, *, bins: int = 50, scale: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -693,7 +697,8 @@ def analyze_run(
     train = config.get("train", {})
     spp_options = {
         "fisher": train.get("spp_fisher", "per_sample"),
-        "first_order": train.get("spp_first_order", "paper"),
+        "taylor_of": train.get("spp_taylor_of", _OLD_SIGNS.get(train.get("spp_first_order"), "entropy")),
+        "clamp": train.get("spp_clamp", "experience"),
         "normalize": train.get("spp_normalize"),
     }
     samples = train.get("spp_importance_samples") if samples is None else samples

@@ -25,7 +25,18 @@ from avalanche.training.plugins import (
 from torch import nn
 
 from avalanche_spp.cnn import freeze_features
-from avalanche_spp.importance import FIRST_ORDER_SIGNS, FISHER_ESTIMATES, NORMALIZATIONS, check_choice
+from avalanche_spp.importance import (
+    CLAMPS,
+    DEFAULT_CLAMP,
+    DEFAULT_FISHER,
+    DEFAULT_SCALE,
+    DEFAULT_TAYLOR_OF,
+    FISHER_ESTIMATES,
+    NORMALIZATIONS,
+    SCALES,
+    TAYLOR_OF,
+    check_choice,
+)
 from avalanche_spp.plugin import ACCUMULATIONS, SPPPlugin
 
 METHODS = ("sgd", "sgd_f", "finetune", "ewc", "si", "mas", "lwf", "joint", "spp")
@@ -42,19 +53,19 @@ STRENGTH_NAMES = {
 
 STRENGTH_GRIDS: dict[str, tuple[float, ...]] = {
     "ewc": (1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6),
-    "si": (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5),
-    "mas": (0.1, 1.0, 10.0, 100.0, 1e3, 1e4),
-    "lwf": (0.1, 0.5, 1.0, 2.0, 5.0),
-    "spp": (10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6),
+    "si": (0.01, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4),
+    "mas": (1e-3, 0.01, 0.1, 1.0, 10.0, 100.0, 1e3),
+    "lwf": (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
+    "spp": (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0),  # half a decade apart around DEFAULT_LAM = 1
 }
-"""Default validation grids, wide enough to hold "too weak" and "too strong" for every method.
+"""Default validation grids: the same number of points (7) for every method, centred on its default.
 
-SPP's importance is an average over samples of an entropy change, so its values are small
-(``1e-5``-``1e-2`` on the MLP benchmarks): its useful ``lam`` is larger than the paper's 0.5-4, whose
-importance was summed differently, and it is capped by the stability of SGD (see
-``docs/method.md``), so its grid is half a decade apart. A strength at which training diverges is
-recorded as diverged and never chosen; the tuner then skips the larger strengths of the grid
-(:func:`avalanche_spp.experiment.tune_strength`).
+Centres: SPP ``SPPPlugin``'s default strength; MAS and LwF Avalanche's defaults (1); SI 100 and EWC
+1000 (Avalanche has none; the middle of the ranges their papers and Avalanche's examples use). EWC
+and SI and MAS are a decade apart (their useful strengths span decades), LwF a factor 2 and SPP half
+a decade (``scale="saturate"`` gives SPP's strength a fixed meaning). A strength at which
+training diverges is recorded as diverged and never chosen; the tuner then skips the larger
+strengths of the grid (:func:`avalanche_spp.experiment.tune_strength`).
 """
 
 
@@ -71,8 +82,10 @@ class TrainConfig:
     hidden: tuple[int, ...] = (512, 256)  # MLP hidden widths (the paper's 784-512-256)
     dropout: float | None = None  # dropout; None: the model's default (MLP 0, CNN heads 0.5 as the paper)
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
-    spp_fisher: str = "per_sample"  # SPP's Fisher estimate
-    spp_first_order: str = "paper"  # SPP's first-order sign
+    spp_fisher: str = DEFAULT_FISHER  # SPP's Fisher estimate
+    spp_scale: str = DEFAULT_SCALE  # how SPP's importance weighs its penalty (see SPPPlugin)
+    spp_taylor_of: str = DEFAULT_TAYLOR_OF  # what SPP's Taylor estimate measures (its first-order sign)
+    spp_clamp: str = DEFAULT_CLAMP  # where SPP's max(0, .) sits
     spp_normalize: str | None = None  # SPP's normalisation
     spp_accumulate: str = "sum"  # SPP's accumulation across tasks
     spp_importance_samples: int | None = None  # SPP importance subset (None: whole experience)
@@ -100,7 +113,9 @@ class TrainConfig:
                 f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {self.device!r}"
             )
         check_choice("spp_fisher", self.spp_fisher, FISHER_ESTIMATES)
-        check_choice("spp_first_order", self.spp_first_order, FIRST_ORDER_SIGNS)
+        check_choice("spp_scale", self.spp_scale, SCALES)
+        check_choice("spp_taylor_of", self.spp_taylor_of, TAYLOR_OF)
+        check_choice("spp_clamp", self.spp_clamp, tuple(c for c in CLAMPS if c != "none"))
         check_choice("spp_normalize", self.spp_normalize, NORMALIZATIONS)
         check_choice("spp_accumulate", self.spp_accumulate, ACCUMULATIONS)
         cap = self.spp_curvature_cap
@@ -187,7 +202,9 @@ def build_strategy(
             SPPPlugin(
                 lam=float(strength),
                 fisher=config.spp_fisher,
-                first_order=config.spp_first_order,
+                scale=config.spp_scale,
+                taylor_of=config.spp_taylor_of,
+                clamp=config.spp_clamp,
                 normalize=config.spp_normalize,
                 accumulate=config.spp_accumulate,
                 importance_samples=config.spp_importance_samples,

@@ -111,6 +111,7 @@ def run_method(
         raise ValueError(f"on_divergence must be 'raise' or 'record', got {on_divergence!r}")
     diverged_at: int | None = None
     penalty_importance: dict[str, Any] | None = None
+    tasks_trained: list[int] = []  # the experiences this call trained (a resumed run: the rest)
     RNGManager.set_random_seeds(seed)
     options = dict(benchmark_options or {})
     stream = make_benchmark(
@@ -130,6 +131,7 @@ def run_method(
     if method == "joint":
         start = time.perf_counter()
         strategy.train(stream.train_stream)
+        tasks_trained = list(range(n))
         train_seconds = time.perf_counter() - start
         accuracies = _experience_accuracies(strategy.eval(stream.test_stream), n)
         matrix[:] = accuracies
@@ -160,6 +162,7 @@ def run_method(
         spp_plugins = [p for p in strategy.plugins if isinstance(p, SPPPlugin)]  # after any resume
         for j in range(first, n):
             if diverged_at is None:
+                tasks_trained.append(j)
                 start = time.perf_counter()
                 try:
                     # A fresh optimiser state per task: Avalanche keeps SGD momentum across
@@ -220,6 +223,7 @@ def run_method(
         },
     )
     record["diverged_at_task"] = diverged_at
+    record["tasks_trained_in_this_call"] = tasks_trained
     if penalty_importance is not None:
         record["spp_importance"] = penalty_importance
     return record

@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,9 +31,20 @@ log = logging.getLogger(__name__)
 
 FISHER_ESTIMATES = ("per_sample", "batch")
 HESSIANS = ("fisher", "exact")
-FIRST_ORDER_SIGNS = ("paper", "authors")
+TAYLOR_OF = ("entropy", "neg_entropy")
+CLAMPS = ("experience", "batch", "sample", "none")
 NORMALIZATIONS = (None, "max", "softmax")
 PER_SAMPLE_BACKENDS = ("auto", "linear", "vmap")
+
+#: Defaults of :func:`entropy_importance` and :class:`avalanche_spp.SPPPlugin`, chosen by measurement
+#: (docs/method.md, "Defaults"; docs/results/spp_defaults).
+DEFAULT_TAYLOR_OF = "neg_entropy"
+DEFAULT_CLAMP = "batch"
+DEFAULT_FISHER = "batch"
+DEFAULT_LAM = 1.0
+DEFAULT_SCALE = "saturate"
+
+SCALES = ("raw", "mean", "saturate")
 
 #: The largest number of trainable scalars for which ``hessian="exact"`` is allowed.
 EXACT_HESSIAN_MAX_PARAMS = 20_000
@@ -96,12 +107,12 @@ def entropy_importance(
     batches: Iterable[Any],
     forward: ForwardFn | None = None,
     *,
-    fisher: str = "per_sample",
+    taylor_of: str = DEFAULT_TAYLOR_OF,
+    clamp: str = DEFAULT_CLAMP,
+    fisher: str = DEFAULT_FISHER,
     hessian: str = "fisher",
-    first_order: str = "paper",
     normalize: str | None = None,
     beta: float = 1.0,
-    clamp: bool = True,
     entropy_fn: EntropyFn | None = None,
     max_batches: int | None = None,
     all_reduce: Callable[[Tensor], Any] | None = None,
@@ -109,8 +120,14 @@ def entropy_importance(
 ) -> dict[str, Tensor]:
     """SPP importance ``Omega`` (paper eq. 3) of every trainable parameter, without labels.
 
-    The model is put in eval mode for the pass (dropout off, BatchNorm statistics frozen) and its
-    previous per-module modes are restored afterwards.
+    For every weight ``W_k`` the second-order Taylor estimate of how much a function ``f`` of the
+    output distribution changes when the weight is pruned (``delta W_k = -W_k``)::
+
+        Omega_k = max(0, s * g_k * W_k + 1/2 * W_k**2 * F_kk),   g = dH/dW,  F_kk ~ g_k**2
+
+    with ``H = -sum_c q_c log q_c`` the entropy. ``taylor_of`` picks ``f`` and so the sign ``s``,
+    ``clamp`` where the ``max(0, .)`` sits. The model is put in eval mode for the pass (dropout
+    off, BatchNorm statistics frozen) and its previous per-module modes are restored afterwards.
 
     Args:
         model: any ``nn.Module``.
@@ -118,133 +135,298 @@ def entropy_importance(
             whose tensor entries share their first dimension ``B`` and whose other entries (an ``int``
             task id, say) are passed through unchanged. Labels must not be part of an item.
         forward: ``forward(model, *item) -> output``; defaults to ``model(*item)``. Multi-head models
-            pass e.g. ``lambda m, x, t: m.forward_single_task(x, t)``. With ``fisher="per_sample"`` it
-            runs under ``torch.func.vmap``: no data-dependent Python control flow inside.
-        fisher: ``"per_sample"``: ``F = mean_n g_n**2`` over samples (the diagonal empirical Fisher of
-            the entropy, via ``torch.func``); ``"batch"``: ``F = mean_b (mean_{n in b} g_n)**2``, the
-            squared gradient of each mini-batch mean (cheaper, what the authors' TensorFlow code did;
-            it shrinks as the batch grows).
+            pass e.g. ``lambda m, x, t: m.forward_single_task(x, t)``. Per-sample gradients run it
+            under ``torch.func.vmap``: no data-dependent Python control flow inside.
+        taylor_of: ``"entropy"``: the change of ``H`` itself, ``s = -1`` (``-g W``; the paper's
+            derivation with ``H`` the entropy). ``"neg_entropy"``: the change of ``sum_c q_c log q_c
+            = -H`` (the paper's printed ``H``, no minus sign), ``s = +1`` (``+g W``; what the
+            authors' released code computes). The curvature term is the Fisher in both.
+        clamp: where ``max(0, .)`` is applied. ``"experience"``: once, to the estimate of the whole
+            data (``g`` and ``F`` averaged first). ``"batch"``: to each mini-batch's estimate, then
+            averaged (the authors' code; ``Omega`` then depends on the batch size). ``"sample"``: to
+            each input's own estimate (its ``g_n`` and ``g_n**2``), then averaged: the finest
+            reading of eq. 3, batch-size invariant. ``"none"``: no clamp (the raw Taylor estimate;
+            it can be negative, so not usable as a penalty).
+        fisher: ``"per_sample"``: ``F = mean_n g_n**2`` over samples (the diagonal empirical Fisher
+            of the entropy); ``"batch"``: ``F = mean_b (mean_{n in b} g_n)**2``, the squared
+            gradient of each mini-batch mean (cheaper; what the authors' code did; it shrinks as
+            the batch grows). ``clamp="sample"`` uses each sample's own ``g_n**2`` and refuses
+            ``"batch"``.
         hessian: ``"fisher"`` (the paper) or ``"exact"``: the true diagonal of the Hessian of the mean
             entropy by double backward, for small models only (tests check the estimate with it).
-        first_order: ``"paper"``: ``-g * W`` (the derivation, ``delta W = -W``); ``"authors"``: ``+g * W``
-            as in the authors' released code.
-        normalize: ``None``; ``"max"``: each tensor divided by its maximum; ``"softmax"``: the authors'
-            sharpening ``exp(beta * Omega) / sum(exp(beta * Omega))`` within each tensor.
+        normalize: ``None``; ``"max"``: each tensor divided by its maximum; ``"softmax"``: the
+            authors' sharpening within each tensor, ``exp(beta * Omega / m) / sum exp(beta *
+            Omega / m)`` with ``m`` the tensor's mean ``Omega``, so ``beta`` sets the sharpness
+            whatever the units of ``Omega``.
         beta: sharpness of the ``"softmax"`` normalisation (> 0).
-        clamp: apply ``max(0, .)``. ``False`` returns the raw Taylor estimate of the entropy change.
         entropy_fn: ``entropy_fn(output) -> (B,)`` per-sample entropy; defaults to
             :func:`categorical_entropy` of logits. VAEs use :func:`bernoulli_entropy`.
         max_batches: use at most this many items of ``batches``.
         all_reduce: in a multi-process run, a function that sums a tensor in place across
             processes (e.g. ``torch.distributed.all_reduce``). Each process passes its shard of the
-            data; the sums of ``g``, of the curvature and the sample count are reduced before
-            averaging, so every process gets the ``Omega`` of the whole data.
-        per_sample_backend: how ``fisher="per_sample"`` gets per-sample gradients. ``"linear"``:
-            when every trainable parameter sits in an ``nn.Linear`` called once per forward on
-            ``(B, features)`` inputs (MLPs), the exact sums are two matrix products of the layer
-            inputs ``a`` and output gradients ``d``: ``sum_n g_n = d^T a`` and
-            ``sum_n g_n**2 = (d**2)^T (a**2)``, at the cost of one backward pass. ``"vmap"``:
-            ``torch.func.vmap`` of per-sample gradients, for any model (memory ~ chunk x params).
-            ``"auto"`` (default) uses ``"linear"`` where it applies, else ``"vmap"``.
+            data; the sums and the sample count are reduced before averaging, so every process gets
+            the ``Omega`` of the whole data.
+        per_sample_backend: how per-sample gradients are taken. ``"linear"``: when every trainable
+            parameter sits in its own ``nn.Linear``, called once per forward on ``(B, features)``
+            inputs (MLPs), from the layer inputs ``a`` and output gradients ``d``: ``sum_n g_n =
+            d^T a``, ``sum_n g_n**2 = (d**2)^T (a**2)``, and for ``clamp="sample"`` chunked outer
+            products ``d_n a_n^T``. ``"vmap"``: ``torch.func.vmap``, for any model (memory ~ chunk x
+            parameters). ``"auto"`` (default) uses ``"linear"`` where its result is checked to equal
+            the model's true gradient (a weight shared by two layers or also used outside its layer
+            fails the check), else ``"vmap"``.
 
     Returns:
         ``{name: Omega}`` with ``Omega`` shaped like the parameter, for every parameter with
         ``requires_grad``, on the parameter's device.
 
     Raises:
-        ValueError: an unknown option, a model that is not an ``nn.Module``, ``batches`` that is a
-            single tensor or not iterable, items the model cannot take (``(x, y)`` labelled pairs
-            given to a one-input model), no trainable parameter or no sample.
+        ValueError: an unknown option or combination, a model that is not an ``nn.Module``,
+            ``batches`` that is a single tensor or not iterable, items the model cannot take
+            (``(x, y)`` labelled pairs given to a one-input model), no trainable parameter or no
+            sample.
         DivergedError: a non-finite importance (a diverged model: the importance is refused
             rather than poisoning the penalty). A subclass of ``ValueError``.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_batches(batches)
-    check_choice("fisher", fisher, FISHER_ESTIMATES)
-    check_choice("hessian", hessian, HESSIANS)
-    check_choice("first_order", first_order, FIRST_ORDER_SIGNS)
-    check_choice("normalize", normalize, NORMALIZATIONS)
-    check_choice("per_sample_backend", per_sample_backend, PER_SAMPLE_BACKENDS)
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < math.inf:
-        raise ValueError(f"beta must be a positive number (and finite), got {beta!r}")
-    if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
-        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    options = _ImportanceOptions.checked(
+        model, batches, taylor_of, clamp, fisher, hessian, normalize, beta, max_batches, per_sample_backend
+    )
     params = trainable_parameters(model)
-    if not params:
-        raise ValueError("the model has no trainable parameter (requires_grad=True): nothing to measure")
-    n_scalars = sum(p.numel() for p in params.values())
-    if hessian == "exact" and n_scalars > EXACT_HESSIAN_MAX_PARAMS:
-        raise ValueError(
-            f'hessian="exact" needs one backward pass per parameter: the model has {n_scalars} '
-            f'trainable scalars (limit {EXACT_HESSIAN_MAX_PARAMS}); use hessian="fisher"'
-        )
     forward = forward or _call_model
     entropy_fn = entropy_fn or categorical_entropy
-    linear_layers = _linear_layers_covering(model, params) if fisher == "per_sample" else None
     device = next(iter(params.values())).device
-
+    sums = _ImportanceSums(params, options)
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
-        grad_sum = {n: torch.zeros_like(p, dtype=_acc_dtype(p)) for n, p in params.items()}
-        curv_sum = {n: torch.zeros_like(p, dtype=_acc_dtype(p)) for n, p in params.items()}
-        n_samples = 0
         for index, item in enumerate(batches):
             if max_batches is not None and index >= max_batches:
                 break
             inputs = _to_device(_as_tuple(item), device)
-            batch_size = _batch_size(inputs)
-            if batch_size == 0:
+            if _batch_size(inputs) == 0:
                 continue
-            if forward is _call_model and n_samples == 0:
+            if forward is _call_model and sums.n_samples == 0:
                 _check_model_takes(model, inputs)
-            if hessian == "exact":
-                g, curv = _exact_terms(model, params, forward, entropy_fn, inputs)
-            elif fisher == "per_sample":
-                terms = None
-                if per_sample_backend in ("auto", "linear") and linear_layers is not None:
-                    terms = _linear_per_sample_terms(model, linear_layers, forward, entropy_fn, inputs)
-                if terms is None and per_sample_backend == "linear":
-                    raise ValueError(
-                        'per_sample_backend="linear" needs every trainable parameter in an nn.Linear '
-                        'called once per forward on (B, features) inputs; use "auto" or "vmap"'
-                    )
-                g, curv = terms or _per_sample_terms(model, params, forward, entropy_fn, inputs, n_scalars)
-            else:
-                g, curv = _batch_terms(model, params, forward, entropy_fn, inputs)
-            for name in params:
-                grad_sum[name] += g[name]
-                curv_sum[name] += curv[name]
-            n_samples += batch_size
+            sums.add_batch(model, forward, entropy_fn, inputs)
     finally:
         for module, training in modes.items():
             module.train(training)
-    if all_reduce is not None:
-        count = torch.tensor([float(n_samples)], device=device)
-        for tensor in (*grad_sum.values(), *curv_sum.values(), count):
-            all_reduce(tensor)
-        n_samples = int(count.item())
-    if n_samples == 0:
-        raise ValueError("no input sample to measure importance on: the batches were empty")
+    return sums.omega(all_reduce, device)
 
-    sign = -1.0 if first_order == "paper" else 1.0
-    omega = {}
-    with torch.no_grad():
-        for name, p in params.items():
-            w = p.detach().to(_acc_dtype(p))
-            g_mean = grad_sum[name] / n_samples
-            curvature = curv_sum[name] / n_samples
-            value = sign * g_mean * w + 0.5 * w * w * curvature
-            if clamp:
-                value = value.clamp_min(0.0)
-            if not torch.isfinite(value).all():
-                raise DivergedError(
-                    f"importance of {name!r} has NaN or Inf values: the model's outputs or weights "
-                    "are not finite (a diverged model?). Refusing to use it as a penalty."
-                )
-            omega[name] = _normalize(value, normalize, beta).to(p.dtype)
-    return omega
+
+class _ImportanceOptions:
+    """The checked options of one :func:`entropy_importance` call."""
+
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+    @classmethod
+    def checked(
+        cls,
+        model: Any,
+        batches: Any,
+        taylor_of: str,
+        clamp: str,
+        fisher: str,
+        hessian: str,
+        normalize: str | None,
+        beta: Any,
+        max_batches: Any,
+        per_sample_backend: str,
+    ) -> _ImportanceOptions:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        _check_batches(batches)
+        check_choice("taylor_of", taylor_of, TAYLOR_OF)
+        if isinstance(clamp, bool):
+            raise ValueError(
+                f"clamp takes where max(0, .) sits, one of {list(CLAMPS)}, not a bool: "
+                f"clamp={clamp!r} is clamp={'experience' if clamp else 'none'!r}"
+            )
+        check_choice("clamp", clamp, CLAMPS)
+        check_choice("fisher", fisher, FISHER_ESTIMATES)
+        check_choice("hessian", hessian, HESSIANS)
+        check_choice("normalize", normalize, NORMALIZATIONS)
+        check_choice("per_sample_backend", per_sample_backend, PER_SAMPLE_BACKENDS)
+        if clamp == "sample" and (fisher != "per_sample" or hessian != "fisher"):
+            raise ValueError(
+                'clamp="sample" clamps each input\'s own estimate, whose curvature is its own g_n**2: '
+                'it needs fisher="per_sample" and hessian="fisher"'
+            )
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < math.inf:
+            raise ValueError(f"beta must be a positive number (and finite), got {beta!r}")
+        if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
+            raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+        params = trainable_parameters(model)
+        if not params:
+            raise ValueError("the model has no trainable parameter (requires_grad=True): nothing to measure")
+        n_scalars = sum(p.numel() for p in params.values())
+        if hessian == "exact" and n_scalars > EXACT_HESSIAN_MAX_PARAMS:
+            raise ValueError(
+                f'hessian="exact" needs one backward pass per parameter: the model has {n_scalars} '
+                f'trainable scalars (limit {EXACT_HESSIAN_MAX_PARAMS}); use hessian="fisher"'
+            )
+        linear_layers = None
+        if fisher == "per_sample" and hessian == "fisher" and per_sample_backend != "vmap":
+            linear_layers = _linear_layers_covering(model, params)
+            if linear_layers is None and per_sample_backend == "linear":
+                raise ValueError(_LINEAR_NEEDS)
+        return cls(
+            sign=-1.0 if taylor_of == "entropy" else 1.0,
+            clamp=clamp,
+            fisher=fisher,
+            hessian=hessian,
+            normalize=normalize,
+            beta=float(beta),
+            backend=per_sample_backend,
+            linear_layers=linear_layers,
+            n_scalars=n_scalars,
+        )
+
+
+_LINEAR_NEEDS = (
+    'per_sample_backend="linear" needs every trainable parameter in its own nn.Linear, called once '
+    'per forward on (B, features) inputs and used nowhere else; use "auto" or "vmap"'
+)
+
+
+class _ImportanceSums:
+    """Running sums over the batches of one importance pass.
+
+    ``clamp="experience"`` (and ``"none"``) keeps ``sum_n g_n`` and the curvature sum and forms the
+    estimate at the end; ``"batch"`` and ``"sample"`` keep the sum of clamped estimates.
+    """
+
+    def __init__(self, params: Mapping[str, Tensor], options: _ImportanceOptions) -> None:
+        self.params = params
+        self.options = options
+        self.weights = {n: p.detach().to(_acc_dtype(p)) for n, p in params.items()}
+        zeros = {n: torch.zeros_like(w) for n, w in self.weights.items()}
+        self.grad_sum = dict(zeros)
+        self.curv_sum = {n: torch.zeros_like(w) for n, w in self.weights.items()}
+        self.clamped_sum = {n: torch.zeros_like(w) for n, w in self.weights.items()}
+        self.n_samples = 0
+
+    def estimate(self, name: str, g: Tensor, curvature: Tensor) -> Tensor:
+        """``s * g * W + 1/2 * W**2 * curvature`` (``g`` and ``curvature`` may carry a batch dim)."""
+        w = self.weights[name]
+        return self.options.sign * g * w + 0.5 * (w * w) * curvature
+
+    def add_batch(self, model: nn.Module, forward: ForwardFn, entropy_fn: EntropyFn, inputs: tuple) -> None:
+        opts = self.options
+        batch_size = _batch_size(inputs)
+        if opts.clamp == "sample":
+            for name, chunk in _per_sample_grad_chunks(model, self.params, forward, entropy_fn, inputs, opts):
+                # With x = g_n * W the estimate is s*x + x**2/2 = x * (x/2 + s): three passes.
+                x = chunk * self.weights[name]
+                value = torch.add(x, self.options.sign, alpha=2.0).mul_(x).clamp_min_(0.0)
+                self.clamped_sum[name] += value.sum(dim=0).mul_(0.5)
+            self.n_samples += batch_size
+            return
+        if opts.hessian == "exact":
+            g, curv = _exact_terms(model, self.params, forward, entropy_fn, inputs)
+        elif opts.fisher == "per_sample":
+            g, curv = _per_sample_sums(model, self.params, forward, entropy_fn, inputs, opts)
+        else:
+            g, curv = _batch_terms(model, self.params, forward, entropy_fn, inputs)
+        for name in self.params:
+            if opts.clamp == "batch":
+                value = self.estimate(name, g[name] / batch_size, curv[name] / batch_size)
+                self.clamped_sum[name] += value.clamp_min(0.0) * batch_size
+            else:
+                self.grad_sum[name] += g[name]
+                self.curv_sum[name] += curv[name]
+        self.n_samples += batch_size
+
+    def omega(self, all_reduce: Callable[[Tensor], Any] | None, device: torch.device) -> dict[str, Tensor]:
+        per_experience = self.options.clamp in ("experience", "none")
+        sums = (
+            (*self.grad_sum.values(), *self.curv_sum.values())
+            if per_experience
+            else self.clamped_sum.values()
+        )
+        n_samples = self.n_samples
+        if all_reduce is not None:
+            count = torch.tensor([float(n_samples)], device=device)
+            for tensor in (*sums, count):
+                all_reduce(tensor)
+            n_samples = int(count.item())
+        if n_samples == 0:
+            raise ValueError("no input sample to measure importance on: the batches were empty")
+        omega = {}
+        with torch.no_grad():
+            for name, p in self.params.items():
+                if per_experience:
+                    value = self.estimate(
+                        name, self.grad_sum[name] / n_samples, self.curv_sum[name] / n_samples
+                    )
+                    if self.options.clamp == "experience":
+                        value = value.clamp_min(0.0)
+                else:
+                    value = self.clamped_sum[name] / n_samples
+                if not torch.isfinite(value).all():
+                    raise DivergedError(
+                        f"importance of {name!r} has NaN or Inf values: the model's outputs or weights "
+                        "are not finite (a diverged model?). Refusing to use it as a penalty."
+                    )
+                omega[name] = _normalize(value, self.options.normalize, self.options.beta).to(p.dtype)
+        return omega
+
+
+def _linear_shortcut(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    forward: ForwardFn,
+    entropy_fn: EntropyFn,
+    inputs: tuple,
+    opts: _ImportanceOptions,
+) -> dict[nn.Linear, tuple[Tensor, Tensor]] | None:
+    """The layers' ``(a, d)`` where the ``nn.Linear`` shortcut holds for this batch, else ``None``.
+
+    Raises:
+        ValueError: ``per_sample_backend="linear"`` and the shortcut does not hold.
+    """
+    if opts.linear_layers is None:
+        return None
+    recorded = _record_linear_layers(model, opts.linear_layers, params, forward, entropy_fn, inputs)
+    if recorded is None and opts.backend == "linear":
+        raise ValueError(_LINEAR_NEEDS)
+    return recorded
+
+
+def _per_sample_sums(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    forward: ForwardFn,
+    entropy_fn: EntropyFn,
+    inputs: tuple,
+    opts: _ImportanceOptions,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``sum_n g_n`` and ``sum_n g_n**2`` over one batch: the linear shortcut where it holds, else vmap."""
+    recorded = _linear_shortcut(model, params, forward, entropy_fn, inputs, opts)
+    if recorded is not None:
+        return _linear_sums(model, opts.linear_layers, params, recorded)
+    g_sum = {n: torch.zeros_like(p, dtype=_acc_dtype(p)) for n, p in params.items()}
+    curv_sum = {n: torch.zeros_like(p, dtype=_acc_dtype(p)) for n, p in params.items()}
+    for name, chunk in _vmap_grad_chunks(model, params, forward, entropy_fn, inputs, opts.n_scalars):
+        g_sum[name] += chunk.sum(dim=0)
+        curv_sum[name] += (chunk * chunk).sum(dim=0)
+    return g_sum, curv_sum
+
+
+def _per_sample_grad_chunks(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    forward: ForwardFn,
+    entropy_fn: EntropyFn,
+    inputs: tuple,
+    opts: _ImportanceOptions,
+) -> Iterator[tuple[str, Tensor]]:
+    """``(name, g)`` pairs with ``g`` of shape ``(chunk, *param.shape)``: every sample's gradient once."""
+    recorded = _linear_shortcut(model, params, forward, entropy_fn, inputs, opts)
+    if recorded is not None:
+        yield from _linear_grad_chunks(model, opts.linear_layers, params, recorded)
+        return
+    yield from _vmap_grad_chunks(model, params, forward, entropy_fn, inputs, opts.n_scalars)
 
 
 def spp_penalty(params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Sequence[Tensor]) -> Tensor:
@@ -338,8 +520,8 @@ class _WeightedSquaredDistance(torch.autograd.Function):
     def forward(ctx: Any, anchors: list[Tensor], omegas: list[Tensor], *params: Tensor) -> Tensor:
         diffs = torch._foreach_sub(list(params), anchors)  # W - W*
         weighted = torch._foreach_mul(diffs, omegas)  # Omega (W - W*)
-        torch._foreach_mul_(diffs, weighted)  # Omega (W - W*)^2 >= 0, so its L1 norm is its sum
-        value = torch.stack(torch._foreach_norm(diffs, 1)).sum()
+        torch._foreach_mul_(diffs, weighted)  # Omega (W - W*)^2, of any sign
+        value = torch.stack([d.sum() for d in diffs]).sum()
         ctx.save_for_backward(*weighted)
         return value
 
@@ -347,6 +529,24 @@ class _WeightedSquaredDistance(torch.autograd.Function):
     def backward(ctx: Any, grad_output: Tensor) -> tuple:
         weighted = ctx.saved_tensors
         return (None, None, *torch._foreach_mul(list(weighted), 2.0 * grad_output))
+
+
+def scaled_importance(omega: Tensor, scale: str, mean: float) -> Tensor:
+    """The importance that weighs the penalty: ``Omega`` (raw), ``Omega / m`` or ``Omega / (Omega + m)``.
+
+    Args:
+        omega: accumulated importance (``>= 0``).
+        scale: ``"raw"``, ``"mean"`` or ``"saturate"`` (see :class:`SPPPlugin`).
+        mean: ``m``, the mean accumulated importance over every penalised scalar.
+    """
+    check_choice("scale", scale, SCALES)
+    if scale == "raw":
+        return omega
+    if mean <= 0:
+        return torch.zeros_like(omega)
+    if scale == "mean":
+        return omega / mean
+    return omega / (omega + mean)
 
 
 def check_choice(name: str, value: Any, allowed: tuple) -> None:
@@ -437,32 +637,34 @@ def _batch_terms(
 
 
 def _linear_layers_covering(model: nn.Module, params: Mapping[str, Tensor]) -> list[nn.Linear] | None:
-    """The ``nn.Linear`` layers holding every trainable parameter, or ``None`` if some are elsewhere."""
-    layers, covered = [], set()
+    """The ``nn.Linear`` layers holding every trainable parameter, each in one layer only, or ``None``."""
+    layers, covered = [], []
     for module in model.modules():
         if type(module) is nn.Linear:
             own = [p for p in (module.weight, module.bias) if p is not None and p.requires_grad]
             if own:
                 layers.append(module)
-                covered.update(id(p) for p in own)
-    if covered != {id(p) for p in params.values()}:
-        return None
+                covered.extend(id(p) for p in own)
+    if len(covered) != len(set(covered)) or set(covered) != {id(p) for p in params.values()}:
+        return None  # a parameter elsewhere, or one shared by two layers
     return layers
 
 
-def _linear_per_sample_terms(
+def _record_linear_layers(
     model: nn.Module,
     layers: list[nn.Linear],
+    params: Mapping[str, Tensor],
     forward: ForwardFn,
     entropy_fn: EntropyFn,
     inputs: tuple,
-) -> tuple[dict[str, Tensor], dict[str, Tensor]] | None:
-    """Exact per-sample sums for an all-``nn.Linear`` model: ``d^T a`` and ``(d**2)^T (a**2)``.
+) -> dict[nn.Linear, tuple[Tensor, Tensor]] | None:
+    """Each called layer's inputs ``a`` (B, in) and output gradients ``d`` (B, out) of the summed entropy.
 
-    In eval mode each sample's entropy depends on that sample only, so the gradient of the summed
-    entropy w.r.t. a layer's output row ``n`` is sample ``n``'s ``d_n``, and the layer's per-sample
-    weight gradient is the outer product ``d_n a_n^T``. Returns ``None`` (the caller falls back to
-    ``vmap``) when a layer sees more than 2-D inputs or runs more than once in a forward pass.
+    In eval mode each sample's entropy depends on that sample only, so row ``n`` of ``d`` is sample
+    ``n``'s, and the layer's per-sample weight gradient is the outer product ``d_n a_n^T``. Returns
+    ``None`` (the caller falls back to ``vmap``) when that does not hold: a layer called more than
+    once or on inputs that are not one ``(B, features)`` row per sample (rows reshaped to
+    ``(B*T, F)``), or a weight whose true gradient differs from ``d^T a`` (used outside its layer).
     """
     seen: dict[nn.Linear, list[tuple[Tensor, Tensor]]] = {layer: [] for layer in layers}
 
@@ -479,43 +681,84 @@ def _linear_per_sample_terms(
     finally:
         for handle in handles:
             handle.remove()
-    if any(len(calls) > 1 for calls in seen.values()):
-        return None
-    if any(calls and (calls[0][0].dim() != 2 or calls[0][1].dim() != 2) for calls in seen.values()):
-        return None
     used = [layer for layer in layers if seen[layer]]
+    for layer in used:
+        (a, out), *more = seen[layer]
+        if more or a.dim() != 2 or out.dim() != 2 or a.shape[0] != batch_size:
+            return None
     outputs = [seen[layer][0][1] for layer in used]
-    grads = torch.autograd.grad(entropy, outputs, allow_unused=True) if outputs else []
-    by_param: dict[int, tuple[Tensor, Tensor]] = {}
-    for layer, d in zip(used, grads, strict=True):
-        if d is None:
-            continue
-        a = seen[layer][0][0].detach().to(_acc_dtype(layer.weight))  # (B, in)
-        d = d.detach().to(_acc_dtype(layer.weight))  # (B, out)
-        by_param[id(layer.weight)] = (d.T @ a, (d * d).T @ (a * a))  # (out, in) each
-        if layer.bias is not None:
-            by_param[id(layer.bias)] = (d.sum(0), (d * d).sum(0))  # (out,) each
-    names = {id(p): n for n, p in model.named_parameters()}
-    g_sum, curv_sum = {}, {}
+    tensors = list(params.values())
+    grads = torch.autograd.grad(entropy, outputs + tensors, allow_unused=True) if outputs else []
+    recorded = {}
+    for layer, d in zip(used, grads[: len(used)], strict=True):
+        a = seen[layer][0][0].detach().to(_acc_dtype(layer.weight))
+        d = torch.zeros_like(seen[layer][0][1]) if d is None else d
+        recorded[layer] = (a, d.detach().to(_acc_dtype(layer.weight)))
+    true_grads = {id(p): g for p, g in zip(tensors, grads[len(used) :], strict=True)}
     for layer in layers:
-        for p in (layer.weight, layer.bias):
+        a, d = recorded.get(layer, (None, None))
+        for p, shortcut in (
+            (layer.weight, None if a is None else d.T @ a),
+            (layer.bias, None if a is None else d.sum(0)),
+        ):
             if p is None or not p.requires_grad:
                 continue
-            name = names[id(p)]
-            zeros = torch.zeros_like(p, dtype=_acc_dtype(p))
-            g_sum[name], curv_sum[name] = by_param.get(id(p), (zeros, zeros))
+            true = true_grads.get(id(p))
+            true = torch.zeros_like(p) if true is None else true.to(_acc_dtype(p))
+            shortcut = torch.zeros_like(true) if shortcut is None else shortcut
+            scale = float(true.abs().max()) + float(shortcut.abs().max()) + 1e-30
+            if float((true - shortcut).abs().max()) > 1e-4 * scale:
+                return None  # the weight is used outside its layer: only vmap sees every use
+    return recorded
+
+
+def _linear_sums(
+    model: nn.Module,
+    layers: list[nn.Linear],
+    params: Mapping[str, Tensor],
+    recorded: dict[nn.Linear, tuple[Tensor, Tensor]],
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``sum_n g_n = d^T a`` and ``sum_n g_n**2 = (d**2)^T (a**2)`` per layer (zeros if unused)."""
+    names = {id(p): n for n, p in params.items()}
+    g_sum = {n: torch.zeros_like(p, dtype=_acc_dtype(p)) for n, p in params.items()}
+    curv_sum = {n: torch.zeros_like(p, dtype=_acc_dtype(p)) for n, p in params.items()}
+    for layer, (a, d) in recorded.items():
+        if id(layer.weight) in names:
+            name = names[id(layer.weight)]
+            g_sum[name], curv_sum[name] = d.T @ a, (d * d).T @ (a * a)  # (out, in) each
+        if layer.bias is not None and id(layer.bias) in names:
+            name = names[id(layer.bias)]
+            g_sum[name], curv_sum[name] = d.sum(0), (d * d).sum(0)  # (out,) each
     return g_sum, curv_sum
 
 
-def _per_sample_terms(
+def _linear_grad_chunks(
+    model: nn.Module,
+    layers: list[nn.Linear],
+    params: Mapping[str, Tensor],
+    recorded: dict[nn.Linear, tuple[Tensor, Tensor]],
+) -> Iterator[tuple[str, Tensor]]:
+    """Per-sample gradients of every ``nn.Linear`` as chunked outer products ``d_n a_n^T``."""
+    names = {id(p): n for n, p in params.items()}
+    for layer, (a, d) in recorded.items():
+        if id(layer.weight) in names:
+            chunk = max(1, _PER_SAMPLE_BUDGET // max(layer.weight.numel(), 1))
+            for start in range(0, a.shape[0], chunk):
+                rows = slice(start, start + chunk)
+                yield names[id(layer.weight)], d[rows, :, None] * a[rows, None, :]  # (C, out, in)
+        if layer.bias is not None and id(layer.bias) in names:
+            yield names[id(layer.bias)], d.clone()  # (B, out); the caller may change it in place
+
+
+def _vmap_grad_chunks(
     model: nn.Module,
     params: Mapping[str, Tensor],
     forward: ForwardFn,
     entropy_fn: EntropyFn,
     inputs: tuple,
     n_scalars: int,
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Sum over the batch of per-sample ``g_n`` and ``g_n**2``, with ``torch.func.vmap``."""
+) -> Iterator[tuple[str, Tensor]]:
+    """Per-sample gradients of any model with ``torch.func.vmap``, a chunk of samples at a time."""
     wrapper = _ForwardModule(model, forward)
     detached = {"model." + name: p.detach() for name, p in params.items()}
     tensor_positions = [i for i, x in enumerate(inputs) if isinstance(x, Tensor)]
@@ -527,20 +770,13 @@ def _per_sample_terms(
         output = functional_call(wrapper, weights, tuple(args))
         return _checked_entropy(entropy_fn, output, 1)[0]
 
+    per_sample_grad = vmap(grad(sample_entropy), in_dims=(None, *([0] * len(tensor_positions))))
     batch_size = _batch_size(inputs)
     chunk = max(1, min(batch_size, _PER_SAMPLE_BUDGET // max(n_scalars, 1)))
-    per_sample_grad = vmap(
-        grad(sample_entropy),
-        in_dims=(None, *([0] * len(tensor_positions))),
-        chunk_size=chunk,
-    )
-    grads = per_sample_grad(detached, *[inputs[i] for i in tensor_positions])
-    g_sum, curv_sum = {}, {}
-    for name, p in params.items():
-        g = grads["model." + name].to(_acc_dtype(p))  # (B, *param.shape)
-        g_sum[name] = g.sum(dim=0)
-        curv_sum[name] = (g * g).sum(dim=0)
-    return g_sum, curv_sum
+    for start in range(0, batch_size, chunk):
+        grads = per_sample_grad(detached, *[inputs[i][start : start + chunk] for i in tensor_positions])
+        for name, p in params.items():
+            yield name, grads["model." + name].to(_acc_dtype(p))  # (C, *param.shape)
 
 
 def _exact_terms(
@@ -598,11 +834,13 @@ def _normalize(omega: Tensor, normalize: str | None, beta: float) -> Tensor:
     if normalize == "max":
         peak = omega.max()
         return omega / peak if peak > 0 else omega
-    if not bool((omega > 0).any()):
+    mean = omega.mean()
+    if not bool(mean > 0):
         # A tensor with no importance at all (a head that took no part, e.g. a later task's)
         # stays free: a softmax would spread 1/n over it and penalise it before it is learned.
         return omega
-    flat = torch.softmax(beta * omega.reshape(-1), dim=0)
+    # In units of the tensor's mean importance, so beta sets the sharpness whatever Omega's scale.
+    flat = torch.softmax(beta * (omega / mean).reshape(-1), dim=0)
     return flat.view_as(omega)
 
 

@@ -7,7 +7,7 @@ training loop. Usage::
     from avalanche.training import Naive
     from avalanche_spp import SPPPlugin
 
-    strategy = Naive(model, optimizer, criterion, plugins=[SPPPlugin(lam=1.0)])
+    strategy = Naive(model, optimizer, criterion, plugins=[SPPPlugin()])
 """
 
 from __future__ import annotations
@@ -26,12 +26,20 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from avalanche_spp.importance import (
-    FIRST_ORDER_SIGNS,
+    CLAMPS,
+    DEFAULT_CLAMP,
+    DEFAULT_FISHER,
+    DEFAULT_LAM,
+    DEFAULT_SCALE,
+    DEFAULT_TAYLOR_OF,
     FISHER_ESTIMATES,
     NORMALIZATIONS,
+    SCALES,
+    TAYLOR_OF,
     add_spp_penalty_grad_,
     check_choice,
     entropy_importance,
+    scaled_importance,
     spp_penalty,
     trainable_parameters,
 )
@@ -47,6 +55,9 @@ dill.settings["recurse"] = True
 ACCUMULATIONS = ("sum", "max")
 PENALTY_PATHS = ("gradient", "loss")
 
+#: Default of ``SPPPlugin(importance_samples=...)``, chosen by measurement (docs/method.md, "Defaults").
+DEFAULT_IMPORTANCE_SAMPLES: int | None = None
+
 
 class SPPPlugin(SupervisedPlugin, supports_distributed=True):
     """Soft Parameter Pruning: a label-free, entropy-based importance penalty.
@@ -55,8 +66,19 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
     ``Omega`` on that experience's training data (model in eval mode, labels never read, paper
     eq. 3; see :func:`avalanche_spp.importance.entropy_importance`), adds it to the running total
     (eq. 4) and stores the weights ``W*``. While learning later experiences the training loss is
-    the task loss plus ``lam * sum Omega * (W - W*)**2`` (eq. 5). By default (``penalty_via=
-    "gradient"``) the penalty's gradient ``2 lam Omega (W - W*)`` is added to ``W.grad`` right
+    the task loss plus ``lam * sum M * (W - W*)**2`` (eq. 5), with ``M = Omega / (Omega + m)``
+    the accumulated importance as a soft pruning mask in ``[0, 1)`` (``m``: its mean over every
+    penalised scalar; ``scale="raw"`` puts ``Omega`` itself, as the paper).
+
+    Defaults (``SPPPlugin()``; chosen on validation streams, docs/method.md section 4):
+    ``lam=1``, ``scale="saturate"``, ``taylor_of="neg_entropy"``, ``clamp="batch"``,
+    ``fisher="batch"``, the whole experience. The strength then reads as a stiffness: a weight far
+    more important than average is held to ``W*`` like ``lam * (W - W*)**2``, an average one with
+    half that, an unimportant one not at all; SGD is stable for any ``lam < (1 + momentum) / lr``.
+
+    By default (``penalty_via="gradient"``) the penalty's gradient ``2 lam M (W - W*)`` is added
+    to the ``.grad`` of every parameter this step's loss reached (a parameter it did not reach
+    keeps no gradient, so no optimiser state moves it), right
     after the backward pass, in three fused kernels: the same update as adding the penalty to
     ``strategy.loss`` before the backward pass (``penalty_via="loss"``), at about a fifth of the
     cost, but ``strategy.loss`` then holds the task loss only.
@@ -73,12 +95,14 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
 
     def __init__(
         self,
-        lam: float = 1.0,
+        lam: float = DEFAULT_LAM,
         *,
-        importance_samples: int | None = None,
+        scale: str = DEFAULT_SCALE,
+        taylor_of: str = DEFAULT_TAYLOR_OF,
+        clamp: str = DEFAULT_CLAMP,
+        importance_samples: int | None = DEFAULT_IMPORTANCE_SAMPLES,
         importance_batch_size: int = 256,
-        fisher: str = "per_sample",
-        first_order: str = "paper",
+        fisher: str = DEFAULT_FISHER,
         normalize: str | None = None,
         beta: float = 1.0,
         accumulate: str = "sum",
@@ -89,15 +113,34 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         """Create the plugin.
 
         Args:
-            lam: strength ``lambda`` of the penalty (>= 0, finite). The paper's robustness study
-                found 0.5-4 stable on MNIST; tune it on validation data.
+            lam: strength ``lambda`` of the penalty (>= 0, finite); its meaning depends on
+                ``scale``. With the default ``scale="saturate"`` it is the stiffness of a weight
+                that is far more important than average: the penalty pulls such a weight back to
+                ``W*`` like an L2 term ``lam * (W - W*)**2``; a weight of average importance gets
+                half that, an unimportant one nearly none.
+            scale: how the accumulated importance weighs the penalty. ``"saturate"`` (default):
+                ``Omega / (Omega + m)``, with ``m`` the mean of the accumulated ``Omega`` over every
+                penalised scalar: a soft pruning mask in ``[0, 1)``, the same ranking as the paper's
+                ``Omega`` but free of its units, so ``lam`` means the same on any model, data set,
+                number of tasks and importance form (and SGD stays stable for ``lam < (1 + mu) /
+                eta``). ``"mean"``: ``Omega / m`` (unbounded). ``"raw"``: the paper's eq. 5 as
+                measured (paper-faithful runs; the useful ``lam`` then depends on everything).
+            taylor_of: what the importance's Taylor estimate measures: ``"entropy"`` (the change
+                of the output entropy when a weight is pruned, ``-g W + 1/2 W^2 F``) or
+                ``"neg_entropy"`` (the change of ``sum q log q``, the paper's printed ``H``,
+                ``+g W + 1/2 W^2 F``: what the authors' code computes). See
+                :func:`avalanche_spp.importance.entropy_importance`.
+            clamp: where ``max(0, .)`` sits: ``"experience"`` (once, on the whole experience's
+                estimate), ``"batch"`` (each importance mini-batch of ``importance_batch_size``, as
+                the authors' code; ``Omega`` then depends on that size) or ``"sample"`` (each
+                input's own estimate).
             importance_samples: how many training samples of each experience the importance pass
                 uses (a seeded random subset); ``None`` uses the whole experience.
             importance_batch_size: mini-batch size of the importance pass. With
-                ``fisher="per_sample"`` it changes speed and memory only, not ``Omega``.
+                ``fisher="per_sample"`` and ``clamp`` other than ``"batch"`` it changes speed and
+                memory only, not ``Omega``.
             fisher: ``"per_sample"`` (mean of per-sample squared gradients) or ``"batch"``
                 (squared mini-batch gradient, as the authors' code).
-            first_order: ``"paper"`` (``-g * W``) or ``"authors"`` (``+g * W``, the released code).
             normalize: ``None``, ``"max"`` or ``"softmax"`` (the authors' sharpening) per tensor.
             beta: sharpness of the ``"softmax"`` normalisation.
             accumulate: how importances of successive experiences combine: ``"sum"`` (paper eq. 4)
@@ -131,7 +174,15 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         if not _is_positive_int(importance_batch_size):
             raise ValueError(f"importance_batch_size must be a positive int, got {importance_batch_size!r}")
         check_choice("fisher", fisher, FISHER_ESTIMATES)
-        check_choice("first_order", first_order, FIRST_ORDER_SIGNS)
+        check_choice("scale", scale, SCALES)
+        check_choice("taylor_of", taylor_of, TAYLOR_OF)
+        if isinstance(clamp, bool):
+            raise ValueError(f"clamp must be one of {list(CLAMPS)}, got {clamp!r}")
+        check_choice("clamp", clamp, CLAMPS)
+        if clamp == "none":
+            raise ValueError('clamp="none" gives negative importances, which cannot weigh a penalty')
+        if clamp == "sample" and fisher != "per_sample":
+            raise ValueError('clamp="sample" uses each input\'s own g_n**2: it needs fisher="per_sample"')
         check_choice("normalize", normalize, NORMALIZATIONS)
         check_choice("accumulate", accumulate, ACCUMULATIONS)
         check_choice("penalty_via", penalty_via, PENALTY_PATHS)
@@ -147,8 +198,10 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self.importance_samples = importance_samples
         self.importance_batch_size = importance_batch_size
+        self.scale = scale
+        self.taylor_of = taylor_of
+        self.clamp = clamp
         self.fisher = fisher
-        self.first_order = first_order
         self.normalize = normalize
         self.beta = float(beta)
         self.accumulate = accumulate
@@ -186,16 +239,29 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         if self.penalty_via != "loss":
             return
         params, anchors, omegas = self._live_penalty_terms(strategy)
-        if params:
-            strategy.loss = strategy.loss + self.lam * spp_penalty(params, anchors, omegas)
+        reached = _leaves_reached(strategy.loss)
+        kept = [i for i, p in enumerate(params) if p in reached]  # as the gradient path: see there
+        if kept:
+            strategy.loss = strategy.loss + self.lam * spp_penalty(
+                [params[i] for i in kept], [anchors[i] for i in kept], [omegas[i] for i in kept]
+            )
 
     def after_backward(self, strategy: Any, **kwargs: Any) -> None:
         """``penalty_via="gradient"``: ``W.grad += 2 lam Omega (W - W*)``, the penalty's gradient."""
         if self.penalty_via != "gradient":
             return
         params, anchors, omegas = self._live_penalty_terms(strategy)
-        if params:
-            add_spp_penalty_grad_(params, anchors, omegas, self.lam)
+        # Only the parameters this step's loss reached (those with a .grad): a parameter the loss
+        # did not touch gets no .grad, so the optimiser (its momentum or Adam state) leaves it
+        # exactly where it is.
+        reached = [i for i, p in enumerate(params) if p.grad is not None]
+        if reached:
+            add_spp_penalty_grad_(
+                [params[i] for i in reached],
+                [anchors[i] for i in reached],
+                [omegas[i] for i in reached],
+                self.lam,
+            )
 
     def _live_penalty_terms(self, strategy: Any) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
         if self.lam == 0.0 or not self.omega:
@@ -230,8 +296,9 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             model,
             self._importance_batches(strategy, model),
             _forward_for(model),
+            taylor_of=self.taylor_of,
+            clamp=self.clamp,
             fisher=self.fisher,
-            first_order=self.first_order,
             normalize=self.normalize,
             beta=self.beta,
             all_reduce=_all_reduce_if_distributed(),
@@ -253,7 +320,9 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                     self.omega[name] = old + value
                 else:
                     self.omega[name] = torch.maximum(old, value)
-            self.anchor = {n: p.detach().clone() for n, p in trainable_parameters(model).items()}
+            # W* of every parameter that has an importance, frozen ones included (a parameter frozen
+            # now may be unfrozen later, and the state must name the same parameters twice).
+            self.anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in self.omega}
         self._penalty_terms = None
 
     def penalty_terms(self, model: nn.Module) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
@@ -265,6 +334,7 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         """
         current = dict(model.named_parameters())
         params, anchors, omegas = [], [], []
+        mean = self.importance_mean()
         for name, omega in self.omega.items():
             p = current.get(name)
             if p is None:
@@ -279,8 +349,14 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             self.omega[name], self.anchor[name] = omega, anchor
             params.append(p)
             anchors.append(anchor)
-            omegas.append(omega)
+            omegas.append(scaled_importance(omega, self.scale, mean))
         return params, anchors, omegas
+
+    def importance_mean(self) -> float:
+        """``m``: the mean accumulated ``Omega`` over every scalar that has an importance."""
+        total = sum(float(o.double().sum()) for o in self.omega.values())
+        count = sum(o.numel() for o in self.omega.values())
+        return total / count if count else 0.0
 
     def penalty(self, model: nn.Module) -> Tensor:
         """The current penalty ``lam * sum Omega (W - W*)^2`` of ``model`` (for inspection)."""
@@ -300,8 +376,10 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             "settings": {
                 "importance_samples": self.importance_samples,
                 "importance_batch_size": self.importance_batch_size,
+                "scale": self.scale,
+                "taylor_of": self.taylor_of,
+                "clamp": self.clamp,
                 "fisher": self.fisher,
-                "first_order": self.first_order,
                 "normalize": self.normalize,
                 "beta": self.beta,
                 "accumulate": self.accumulate,
@@ -334,12 +412,17 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                 )
             if not bool(torch.isfinite(anchor).all()):
                 raise ValueError(f"corrupt SPPPlugin state: the anchor of {name!r} is not finite")
+        settings = dict(state.get("settings", {}))
+        try:
+            SPPPlugin(state["lam"], **settings)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"corrupt SPPPlugin state: its settings are refused: {error}") from None
         self.lam = _check_strength(state["lam"])
         self.omega = {n: t.detach().clone() for n, t in state["omega"].items()}
         self.anchor = {n: t.detach().clone() for n, t in state["anchor"].items()}
         self.importance_time_s = list(state.get("importance_time_s", []))
-        for key, value in state.get("settings", {}).items():
-            setattr(self, key, value)
+        for key, value in settings.items():
+            setattr(self, key, float(value) if key == "beta" else value)
         self._penalty_terms = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -381,6 +464,22 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             task_labels = batch[-1]
             for task in torch.unique(task_labels).tolist():
                 yield x[task_labels == task], int(task)
+
+
+def _leaves_reached(loss: Tensor) -> set:
+    """The leaf tensors (parameters) that ``loss``'s autograd graph reaches."""
+    leaves, seen = set(), set()
+    stack = [loss.grad_fn] if loss.grad_fn is not None else []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            leaves.add(variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
 
 
 def _check_not_empty(strategy: Any, dataset: Any) -> None:
@@ -428,10 +527,27 @@ def _all_reduce_if_distributed():
 def _distributed_sampler(dataset: Any):
     if not _distributed() or torch.distributed.get_world_size() == 1:
         return None
-    # Each rank measures a disjoint shard; no padding, so the sample-weighted sum is exact.
-    from torch.utils.data.distributed import DistributedSampler
+    return ShardSampler(len(dataset), torch.distributed.get_rank(), torch.distributed.get_world_size())
 
-    return DistributedSampler(dataset, shuffle=False, drop_last=False)
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Rank ``r`` of ``w`` takes samples ``r, r + w, r + 2w, ...``: disjoint shards, no padding.
+
+    ``DistributedSampler`` pads the last shards by repeating samples, so their importance would be
+    counted twice; here every sample is measured exactly once across the ranks, so the summed
+    statistics are exact for any data size.
+    """
+
+    def __init__(self, size: int, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.indices = range(rank, size, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 def _grow_to(tensor: Tensor, shape: torch.Size, name: str, *, what: str) -> Tensor:

@@ -563,28 +563,29 @@ def plot_lambda_sweep(
     """
     rows = _check_sweep_rows(sweep_rows)
     lams = np.asarray([row["lam"] for row in rows], dtype=float)
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-    ax = fig.add_subplot()
-    for name in ("acc", "bwt", "fwt"):
-        values = _floats([row[name] for row in rows]) * 100.0
-        errors = None
-        if all(row.get(f"{name}_std") is not None for row in rows):
-            errors = _floats([row[f"{name}_std"] for row in rows]) * 100.0
-        ax.errorbar(lams, values, yerr=errors, marker="o", markersize=3, capsize=2,
-                    label=_LABELS[name])
+    fig = Figure(figsize=(6.4, 6.0), layout="constrained")
+    # ACC on its own axis: its differences are a few points, BWT and FWT sit near 0.
+    axes = fig.subplots(2, 1, sharex=True)
+    for ax, names in zip(axes, (("acc",), ("bwt", "fwt")), strict=True):
+        for name in names:
+            values = _floats([row[name] for row in rows]) * 100.0
+            errors = None
+            if all(row.get(f"{name}_std") is not None for row in rows):
+                errors = _floats([row[f"{name}_std"] for row in rows]) * 100.0
+            ax.errorbar(lams, values, yerr=errors, marker="o", markersize=3, capsize=2, label=_LABELS[name])
+        ax.set_ylabel("%")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[1].axhline(0.0, color="grey", linewidth=0.8)
     positive = lams[lams > 0]
     if len(positive) == 0:
         log.warning("plot_lambda_sweep: no positive strength, x axis left linear")
     elif np.any(lams == 0):
-        ax.set_xscale("symlog", linthresh=float(positive.min()))
+        axes[1].set_xscale("symlog", linthresh=float(positive.min()))
     else:
-        ax.set_xscale("log")
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xlabel("strength λ")
-    ax.set_ylabel("%")
-    ax.set_title("Strength sweep")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        axes[1].set_xscale("log")
+    axes[1].set_xlabel("strength λ")
+    axes[0].set_title("Strength sweep")
     return _save(fig, path)
 
 

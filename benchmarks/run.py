@@ -36,7 +36,15 @@ from avalanche_spp.benchmarks import (
 )
 from avalanche_spp.errors import CheckpointMismatchError, DatasetCorruptError
 from avalanche_spp.experiment import TensorSaver, run_method, tune_strength
-from avalanche_spp.importance import DivergedError
+from avalanche_spp.importance import (
+    DEFAULT_CLAMP,
+    DEFAULT_FISHER,
+    DEFAULT_SCALE,
+    DEFAULT_TAYLOR_OF,
+    SCALES,
+    TAYLOR_OF,
+    DivergedError,
+)
 from avalanche_spp.report import markdown_table, read_json, summarize, write_json, write_report
 
 log = logging.getLogger("benchmarks.run")
@@ -67,8 +75,10 @@ class RunConfig:
     grids: tuple[tuple[str, tuple[float, ...]], ...] = ()  # grids replacing the defaults
     tune: bool = True  # tune strengths on validation
     tune_seed: int = 0  # seed of the tuning runs
-    spp_fisher: str = "per_sample"  # SPP options (see SPPPlugin)
-    spp_first_order: str = "paper"
+    spp_fisher: str = DEFAULT_FISHER  # SPP options (see SPPPlugin)
+    spp_scale: str = DEFAULT_SCALE
+    spp_taylor_of: str = DEFAULT_TAYLOR_OF
+    spp_clamp: str = DEFAULT_CLAMP
     spp_normalize: str | None = None
     spp_accumulate: str = "sum"
     spp_importance_samples: int | None = None
@@ -90,7 +100,9 @@ class RunConfig:
             dropout=self.dropout,
             device=self.device,
             spp_fisher=self.spp_fisher,
-            spp_first_order=self.spp_first_order,
+            spp_scale=self.spp_scale,
+            spp_taylor_of=self.spp_taylor_of,
+            spp_clamp=self.spp_clamp,
             spp_normalize=self.spp_normalize,
             spp_accumulate=self.spp_accumulate,
             spp_importance_samples=self.spp_importance_samples,
@@ -169,7 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-tune", dest="tune", action="store_const", const=False, help="use defaults")
     parser.add_argument("--tune-seed", type=int)
     parser.add_argument("--spp-fisher", choices=("per_sample", "batch"))
-    parser.add_argument("--spp-first-order", choices=("paper", "authors"))
+    parser.add_argument("--spp-scale", choices=SCALES, help=f"default {DEFAULT_SCALE}")
+    parser.add_argument("--spp-taylor-of", choices=TAYLOR_OF, help=f"default {DEFAULT_TAYLOR_OF}")
+    parser.add_argument(
+        "--spp-clamp", choices=("experience", "batch", "sample"), help=f"default {DEFAULT_CLAMP}"
+    )
     parser.add_argument("--spp-normalize", choices=("none", "max", "softmax"))
     parser.add_argument("--spp-accumulate", choices=("sum", "max"))
     parser.add_argument("--spp-importance-samples", type=int)
@@ -310,7 +326,7 @@ _INT_SETTINGS = (
 _NUMBER_SETTINGS = ("lr", "momentum", "dropout", "lam", "spp_curvature_cap")
 _TEXT_SETTINGS = (
     "benchmark", "out", "device", "data_root", "optimizer",
-    "spp_fisher", "spp_first_order", "spp_normalize", "spp_accumulate",
+    "spp_fisher", "spp_scale", "spp_taylor_of", "spp_clamp", "spp_normalize", "spp_accumulate",
 )  # fmt: skip
 _LIST_SETTINGS = ("methods", "hidden", "seed_list", "strength", "grid")  # a comma string or a list
 

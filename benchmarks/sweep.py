@@ -61,6 +61,8 @@ def parse_args(argv: Sequence[str] | None = None) -> SweepConfig:
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--momentum", type=float, default=TrainConfig.momentum)
+    parser.add_argument("--optimizer", default=TrainConfig.optimizer, choices=("sgd", "adam"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--n-tasks", type=int, default=None)
@@ -94,7 +96,14 @@ def parse_args(argv: Sequence[str] | None = None) -> SweepConfig:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device)
+        train = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            momentum=args.momentum,
+            optimizer=args.optimizer,
+            device=args.device,
+        )
     except ValueError as error:
         parser.error(str(error))
     return SweepConfig(
@@ -165,9 +174,40 @@ def run_sweep(config: SweepConfig) -> list[dict[str, float | None]]:
     return rows
 
 
+def plateau(rows: Sequence[dict], tolerance: float = 0.005) -> dict[str, float] | None:
+    """The strengths whose mean ACC is within ``tolerance`` (0.5 points) of the best, around the best.
+
+    Only ``lam > 0`` counts, and the range is the contiguous run of strengths (in increasing order)
+    around the best one: a diverged strength (no finished run) or one below the threshold ends it.
+
+    Returns:
+        ``{"best_lam", "best_acc", "low", "high", "decades"}`` (``decades = log10(high / low)``), or
+        ``None`` when no positive strength finished.
+    """
+    ordered = sorted((r for r in rows if r["lam"] > 0), key=lambda r: r["lam"])
+    finished = [r for r in ordered if r["acc"] is not None]
+    if not finished:
+        return None
+    best = max(finished, key=lambda r: r["acc"])
+    index = ordered.index(best)
+    inside = [r["acc"] is not None and r["acc"] >= best["acc"] - tolerance for r in ordered]
+    low = high = index
+    while low > 0 and inside[low - 1]:
+        low -= 1
+    while high < len(ordered) - 1 and inside[high + 1]:
+        high += 1
+    lo, hi = ordered[low]["lam"], ordered[high]["lam"]
+    return {"best_lam": best["lam"], "best_acc": best["acc"], "low": lo, "high": hi,
+            "decades": float(np.log10(hi / lo))}  # fmt: skip
+
+
 def write_sweep(config: SweepConfig, rows: list[dict]) -> Path:
     out = Path(config.out)
-    write_json(out / "sweep.json", {"config": asdict(config), "rows": rows})
+    flat = plateau(rows)
+    command = "python -m benchmarks.sweep " + " ".join(sys.argv[1:])
+    write_json(
+        out / "sweep.json", {"config": asdict(config), "rows": rows, "plateau": flat, "command": command}
+    )
     finished = [r for r in rows if r["acc"] is not None]
     if finished:
         plot_lambda_sweep(finished, out / "lambda_sweep.png")
@@ -182,6 +222,13 @@ def write_sweep(config: SweepConfig, rows: list[dict]) -> Path:
     for r in rows:
         cells = ["diverged" if r[k] is None else f"{100 * r[k]:.2f}" for k in ("acc", "bwt", "fwt")]
         lines.append(f"| {r['lam']:g} | " + " | ".join(cells) + f" | {r['n']} |")
+    if flat is not None:
+        lines += [
+            "",
+            f"Plateau (mean ACC within 0.5 points of the best, {100 * flat['best_acc']:.2f} at lambda "
+            f"{flat['best_lam']:g}): lambda {flat['low']:g} to {flat['high']:g}, "
+            f"{flat['decades']:.2f} decades.",
+        ]
     if finished:
         lines += ["", "![lambda sweep](lambda_sweep.png)"]
     path = out / "sweep.md"
@@ -219,6 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"sweep written to {write_sweep(config, rows)}")
+    flat = plateau(rows)
+    if flat is not None:
+        print(f"plateau (ACC within 0.5 points of the best): lambda {flat['low']:g} to {flat['high']:g}, "
+              f"{flat['decades']:.2f} decades")  # fmt: skip
     return 0
 
 

@@ -38,7 +38,16 @@ from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 from tqdm import tqdm
 
-from avalanche_spp.importance import bernoulli_entropy, entropy_importance, spp_penalty
+from avalanche_spp.importance import (
+    DEFAULT_CLAMP,
+    DEFAULT_FISHER,
+    DEFAULT_SCALE,
+    DEFAULT_TAYLOR_OF,
+    bernoulli_entropy,
+    entropy_importance,
+    scaled_importance,
+    spp_penalty,
+)
 
 log = logging.getLogger(__name__)
 
@@ -241,13 +250,18 @@ class SPPAnchor:
         return cls(list(state["names"]), list(state["anchors"]), list(state["omegas"]))
 
 
-def make_anchor(model: nn.Module, omega: dict[str, Tensor], names: Sequence[str]) -> SPPAnchor:
-    """Snapshot ``W*`` of the parameters ``names`` and pair it with their ``Omega``.
+def make_anchor(
+    model: nn.Module, omega: dict[str, Tensor], names: Sequence[str], *, scale: str = DEFAULT_SCALE
+) -> SPPAnchor:
+    """Snapshot ``W*`` of the parameters ``names`` and pair it with their (scaled) ``Omega``.
 
     Args:
         model: the model after the previous task.
         omega: ``{name: Omega}`` from :func:`task_importance`.
         names: the parameters to anchor (shared ones plus the previous tasks' heads).
+        scale: how ``Omega`` weighs the penalty, as ``SPPPlugin(scale=...)``: ``"saturate"``
+            (default, ``Omega / (Omega + m)`` with ``m`` the mean over the anchored scalars, so
+            ``lam`` has the plugin's meaning), ``"mean"`` or ``"raw"`` (the paper's values).
 
     Raises:
         ValueError: a name has no importance or is not a parameter of ``model``.
@@ -258,7 +272,9 @@ def make_anchor(model: nn.Module, omega: dict[str, Tensor], names: Sequence[str]
         raise ValueError(f"no importance or no parameter for {missing[:5]} (of {len(missing)})")
     with torch.no_grad():
         anchors = [params[n].detach().clone() for n in names]
-        omegas = [omega[n].detach().to(params[n].device).clone() for n in names]
+        raw = [omega[n].detach().to(params[n].device).clone() for n in names]
+        mean = sum(float(o.double().sum()) for o in raw) / max(sum(o.numel() for o in raw), 1)
+        omegas = [scaled_importance(o, scale, mean) for o in raw]
     return SPPAnchor(list(names), anchors, omegas)
 
 
@@ -267,7 +283,9 @@ def task_importance(
     images: Iterable[Tensor],
     task: int,
     *,
-    fisher: str = "per_sample",
+    fisher: str = DEFAULT_FISHER,
+    clamp: str = DEFAULT_CLAMP,
+    taylor_of: str = DEFAULT_TAYLOR_OF,
     max_batches: int | None = None,
 ) -> dict[str, Tensor]:
     """SPP importance ``Omega`` (paper eq. 3) of every parameter, from the decoder's pixel entropy.
@@ -280,7 +298,7 @@ def task_importance(
         model: the VAE after training on task ``task``.
         images: batches ``(B, C, S, S)`` of the task's own images (no labels).
         task: index of the latent head to use.
-        fisher: ``"per_sample"`` or ``"batch"`` (see :func:`entropy_importance`).
+        fisher, clamp, taylor_of: as :func:`entropy_importance` (defaults: the plugin's).
         max_batches: use at most this many batches.
 
     Returns:
@@ -293,6 +311,8 @@ def task_importance(
         batches,
         _posterior_mean_logits,
         fisher=fisher,
+        clamp=clamp,
+        taylor_of=taylor_of,
         entropy_fn=bernoulli_entropy,
         max_batches=max_batches,
     )

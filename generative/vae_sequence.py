@@ -45,6 +45,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from avalanche_spp.errors import DatasetCorruptError
+from avalanche_spp.importance import (
+    DEFAULT_CLAMP,
+    DEFAULT_FISHER,
+    DEFAULT_LAM,
+    DEFAULT_SCALE,
+    DEFAULT_TAYLOR_OF,
+    SCALES,
+    TAYLOR_OF,
+)
 from generative.data import DOMAINS, DatasetNotFoundError, Domain, load_domain, stack_images
 from generative.fid import (
     FALLBACK_LABEL,
@@ -89,7 +98,7 @@ class SequenceConfig:
     data_root: str = "data"  # folder holding the domains' files (see generative/data.py)
     out: str = "runs/vae_sequence"  # run directory
     epochs: int = 10  # epochs per task
-    lam: tuple[float, ...] = (1.0,)  # SPP strengths, one SPP run each; the SGD run uses 0
+    lam: tuple[float, ...] = (DEFAULT_LAM,)  # SPP strengths, one SPP run each; the SGD run uses 0
     device: str = "cpu"  # cpu | cuda | cuda:N
     amp: bool = False  # bf16 autocast for the training forward passes (CUDA only)
     fid_weights: str | None = None  # Inception .pth (default: pytorch-fid's torch hub cache)
@@ -109,7 +118,10 @@ class SequenceConfig:
     max_test: int | None = None  # cap on test images per domain
     fd_samples: int = 1000  # generated (and at most real) images per Frechet distance
     importance_images: int = 1024  # task-1 training images used for Omega
-    fisher: str = "per_sample"  # Fisher estimate of the importance (avalanche_spp.importance)
+    fisher: str = DEFAULT_FISHER  # Fisher estimate of the importance (avalanche_spp.importance)
+    clamp: str = DEFAULT_CLAMP  # where the importance's max(0, .) sits (avalanche_spp.importance)
+    taylor_of: str = DEFAULT_TAYLOR_OF  # what its Taylor estimate measures (avalanche_spp.importance)
+    scale: str = DEFAULT_SCALE  # how the importance weighs the penalty, as SPPPlugin(scale=...)
     fallback_epochs: int = 5  # training epochs of the fallback feature CNN
     fallback_dim: int = 64  # fallback feature dimension (keep below fd_samples)
     download: bool = False  # let torchvision try to download CelebA
@@ -132,6 +144,10 @@ class SequenceConfig:
             raise ValueError(f"lam values must be distinct, got {self.lam}")
         if self.fisher not in FISHER_CHOICES:
             raise ValueError(f"fisher must be one of {list(FISHER_CHOICES)}, got {self.fisher!r}")
+        for name, allowed in (("clamp", ("experience", "batch", "sample")), ("taylor_of", TAYLOR_OF),
+                              ("scale", SCALES)):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if not (self.device in ("cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.amp and not self.device.startswith("cuda"):
@@ -228,6 +244,9 @@ def parse_args(argv: list[str] | None = None) -> SequenceConfig:
     add("--fd-samples", type=int, default=d.fd_samples, help="images per Frechet distance")
     add("--importance-images", type=int, default=d.importance_images, help="images for Omega")
     add("--fisher", default=d.fisher, help=f"one of {', '.join(FISHER_CHOICES)}")
+    add("--clamp", default=d.clamp, help="experience, batch or sample (see SPPPlugin)")
+    add("--taylor-of", default=d.taylor_of, help=f"one of {', '.join(TAYLOR_OF)} (see SPPPlugin)")
+    add("--scale", default=d.scale, help=f"one of {', '.join(SCALES)} (see SPPPlugin)")
     add("--fallback-epochs", type=int, default=d.fallback_epochs)
     add("--fallback-dim", type=int, default=d.fallback_dim, help="fallback feature dimension")
     add("--download", action="store_true", help="let torchvision try to download CelebA")
@@ -415,13 +434,19 @@ def compute_importance(
     start = time.perf_counter()
     max_batches = -(-config.importance_images // config.batch_size)
     images = _loader(domain.train, config, shuffle=False)
-    omega = task_importance(model, images, 0, fisher=config.fisher, max_batches=max_batches)
+    omega = task_importance(
+        model, images, 0, fisher=config.fisher, clamp=config.clamp, taylor_of=config.taylor_of,
+        max_batches=max_batches,
+    )  # fmt: skip
     seconds = time.perf_counter() - start
     values = torch.cat([omega[n].flatten().float().cpu() for n in model.shared_parameter_names()])
     info = {
         "images": min(len(domain.train), max_batches * config.batch_size),  # type: ignore[arg-type]
         "seconds": seconds,
         "fisher": config.fisher,
+        "clamp": config.clamp,
+        "taylor_of": config.taylor_of,
+        "scale": config.scale,
         "entropy": "Bernoulli pixel entropy of decode_1(mu_1(x)), summed over pixels",
         "shared_params": int(values.numel()),
         "shared_nonzero_fraction": float((values > 0).float().mean()),
@@ -509,7 +534,7 @@ def run_sequence(config: SequenceConfig) -> dict[str, Any]:
         task1_model, domains[0], config, ckpt / "importance.pt"
     )
     anchor_names = task1_model.shared_parameter_names() + task1_model.head_parameter_names(0)
-    anchor = make_anchor(task1_model, omega, anchor_names)
+    anchor = make_anchor(task1_model, omega, anchor_names, scale=config.scale)
 
     models = {"task1_only": task1_model}
     for run, lam in (("sgd", 0.0), *((spp_run_name(lam), lam) for lam in config.lam)):

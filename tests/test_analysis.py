@@ -388,8 +388,9 @@ def test_command_refuses_a_run_without_tensors(tmp_path, analyzed, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "nowhere")])
     assert exit_info.value.code == 2
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main([str(run_dir), "--near-zero", "2"])
+    assert exit_info.value.code == 2
     assert main([str(run_dir), "--methods", "lwf", "--quiet"]) == 2
     assert main([str(run_dir), "--layer", "features.9", "--quiet"]) == 2
     assert "features.1" in capsys.readouterr().err  # the message names the layers there are

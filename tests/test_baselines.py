@@ -12,6 +12,7 @@ from avalanche.training.plugins import EWCPlugin, LwFPlugin, MASPlugin, Synaptic
 from avalanche_spp import SPPPlugin
 from avalanche_spp.baselines import (
     METHODS,
+    STRENGTH_GRIDS,
     CopyingSynapticIntelligencePlugin,
     FreezeFeaturesPlugin,
     TrainConfig,
@@ -45,6 +46,42 @@ def test_each_method_is_built_with_its_plugin_and_model(method):
     assert len(found) == (1 if method in PLUGIN else 0)
     if method == "spp":
         assert found[0].lam == default_strength("spp")
+
+
+def test_every_spp_setting_of_the_train_config_reaches_the_plugin():
+    config = TrainConfig(
+        epochs=1,
+        hidden=(16,),
+        spp_scale="raw",
+        spp_taylor_of="neg_entropy",
+        spp_clamp="sample",
+        spp_fisher="per_sample",
+        spp_normalize="max",
+        spp_accumulate="max",
+        spp_importance_samples=7,
+        spp_curvature_cap=0.5,
+    )
+    model = make_model(benchmark_info("split_digits"), hidden=(16,))
+    (plugin,) = [
+        p for p in build_strategy("spp", model, config, strength=2.5).plugins if isinstance(p, SPPPlugin)
+    ]
+    settings = plugin.state_dict()["settings"]
+    assert plugin.lam == 2.5
+    for key, value in (
+        ("scale", "raw"), ("taylor_of", "neg_entropy"), ("clamp", "sample"), ("fisher", "per_sample"),
+        ("normalize", "max"), ("accumulate", "max"), ("importance_samples", 7), ("curvature_cap", 0.5),
+    ):  # fmt: skip
+        assert settings[key] == value, key
+    for key, value in (("spp_fisher", "batch"), ("spp_clamp", "batch")):
+        other = build_strategy("spp", model, TrainConfig(epochs=1, hidden=(16,), **{key: value}))
+        (found,) = [p for p in other.plugins if isinstance(p, SPPPlugin)]
+        assert found.state_dict()["settings"][key[4:]] == value
+
+
+def test_every_method_gets_the_same_number_of_grid_points_around_its_default():
+    sizes = {method: len(grid) for method, grid in STRENGTH_GRIDS.items()}
+    assert len(set(sizes.values())) == 1, sizes
+    assert default_strength("spp") == SPPPlugin().lam  # SPP's grid is centred on the plugin default
 
 
 def test_strength_errors():
@@ -142,13 +179,13 @@ def test_si_learns_a_nonzero_importance_and_anchor_that_does_not_move():
     plugin, model, strategy = _si_after_one_experience(CopyingSynapticIntelligencePlugin)
     importance = torch.cat([d.data for d in plugin.ewc_data[1].values()])
     assert importance.abs().sum() > 0  # the path integral saw the weights move
-    anchor = {n: d.data.clone() for n, d in plugin.ewc_data[0].items()}
+    trained = {n: p.detach().flatten().clone() for n, p in model.named_parameters()}
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.5)
-    for name, p in model.named_parameters():
-        if name in anchor:  # the anchor is a copy, not the live weights
-            assert not torch.equal(anchor[name], p.detach().flatten())
+    for name, stored in plugin.ewc_data[0].items():
+        # the plugin's own anchor still holds the trained weights: a copy, not the live weights
+        assert torch.equal(stored.data, trained[name]), name
     loss = CopyingSynapticIntelligencePlugin.compute_ewc_loss(
         model, plugin.ewc_data, plugin.excluded_parameters, device="cpu", lambd=1.0
     )

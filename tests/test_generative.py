@@ -86,9 +86,7 @@ def _anime(rng: np.random.Generator, size: int = 20) -> np.ndarray:
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
-def write_celeba(
-    root: Path, n_train: int = 24, n_valid: int = 4, n_test: int = 24, seed: int = 0
-) -> None:
+def write_celeba(root: Path, n_train: int = 24, n_valid: int = 4, n_test: int = 24, seed: int = 0) -> None:
     """CelebA stand-in in torchvision's layout (JPEGs + list_eval_partition.txt)."""
     folder = root / "celeba" / "img_align_celeba"
     folder.mkdir(parents=True)
@@ -177,9 +175,7 @@ def test_fmnist_idx_files_and_digits_load_as_rgb(tmp_path):
     train = rng.integers(0, 256, size=(6, 28, 28))
     _write_idx(raw / "train-images-idx3-ubyte.gz", train)
     _write_idx(raw / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, size=(3, 28, 28)))
-    assert torch.equal(
-        read_idx_images(raw / "train-images-idx3-ubyte.gz"), torch.from_numpy(train).byte()
-    )
+    assert torch.equal(read_idx_images(raw / "train-images-idx3-ubyte.gz"), torch.from_numpy(train).byte())
     fmnist = load_domain("fmnist", tmp_path, 28)  # same size: pixels survive exactly
     assert (len(fmnist.train), len(fmnist.test)) == (6, 3) and fmnist.source == str(raw)
     x = fmnist.train[2]
@@ -233,18 +229,24 @@ def test_vae_loss_matches_hand_computation():
 
 
 def test_importance_is_the_pixel_entropy_taylor_term_at_the_posterior_mean():
-    """One image: Omega = max(0, -g W + 1/2 W^2 g^2), g = dH/dW, H = pixel entropy of decode(mu)."""
+    """One image: Omega = max(0, +g W + 1/2 W^2 g^2), g = dH/dW, H = pixel entropy of decode(mu)."""
     torch.manual_seed(1)
     model = tiny_vae()
     x = torch.rand(1, 3, 16, 16)
-    omega = task_importance(model, [x], 0)
+    omega = task_importance(model, [x], 0)  # defaults: +g W (the change of -H), one clamp per batch
     entropy = bernoulli_entropy(model.reconstruct_logits(x, 0)).sum()
     names, params = zip(*model.named_parameters(), strict=True)
     grads = torch.autograd.grad(entropy, params, allow_unused=True)
     for name, w, g in zip(names, params, grads, strict=True):
         g = torch.zeros_like(w) if g is None else g
-        expected = (-g * w + 0.5 * w**2 * g**2).clamp_min(0).detach()
+        expected = (g * w + 0.5 * w**2 * g**2).clamp_min(0).detach()
         assert torch.allclose(omega[name], expected, rtol=1e-4, atol=1e-9), name
+        entropy_change = (
+            task_importance(model, [x], 0, taylor_of="entropy")[name] if name == names[0] else None
+        )
+        if entropy_change is not None:  # the other sign: the change of H itself
+            want = (-g * w + 0.5 * w**2 * g**2).clamp_min(0).detach()
+            assert torch.allclose(entropy_change, want, rtol=1e-4, atol=1e-9)
     assert all(float(omega[n].abs().sum()) == 0 for n in model.head_parameter_names(1))
     assert all(float(omega[n].sum()) > 0 for n in model.shared_parameter_names() if "weight" in n)
 
@@ -325,9 +327,7 @@ def test_frechet_distance_from_features_shift_and_identity():
     assert frechet_distance(features, features + shift) == pytest.approx(5.25, abs=1e-6)
     # scaled features: covariance 4 C, d^2 = Tr(C + 4C - 2 * 2C) = Tr(C)
     trace = np.trace(np.cov(features, rowvar=False))
-    assert frechet_distance(features, 2 * features - features.mean(0)) == pytest.approx(
-        trace, rel=1e-6
-    )
+    assert frechet_distance(features, 2 * features - features.mean(0)) == pytest.approx(trace, rel=1e-6)
     with pytest.raises(ValueError, match="N >= 2"):
         frechet_distance(features[:1], features)
 
@@ -371,19 +371,14 @@ def test_inception_features_load_local_weights_without_network(tmp_path, monkeyp
 
     extractor = InceptionFeatures(path)
     assert torch.equal(extractor.net.blocks[0][0].conv.weight, net.Conv2d_1a_3x3.conv.weight)
-    assert (
-        pf.load_state_dict_from_url is not None
-        and pf.load_state_dict_from_url.__name__ != "load_local"
-    )
+    assert pf.load_state_dict_from_url is not None and pf.load_state_dict_from_url.__name__ != "load_local"
     features = extract_features(extractor, torch.rand(2, 3, 32, 32))
     assert features.shape == (2, 2048)
 
 
 def test_fallback_fd_is_zero_on_itself_and_larger_across_domains(data_root):
     faces, anime = load_domain("celeba", data_root, 16), load_domain("anime", data_root, 16)
-    net = train_fallback_extractor(
-        [faces.train, anime.train], 16, epochs=3, batch_size=16, feature_dim=4
-    )
+    net = train_fallback_extractor([faces.train, anime.train], 16, epochs=3, batch_size=16, feature_dim=4)
     f_test = extract_features(net, faces.test)
     f_train = extract_features(net, faces.train)
     a_test = extract_features(net, anime.test)
@@ -474,10 +469,7 @@ def test_main_runs_end_to_end_writes_everything_and_resumes(data_root, tmp_path,
         assert result["recon_mse_task1_increase"] == pytest.approx(
             result["recon_mse_task1_after_task2"] - result["recon_mse_task1_before_task2"]
         )
-    assert (
-        metrics["training"]["task1"]["images"] == 2 * 24
-        and metrics["training"]["task1"]["epochs"] == 2
-    )
+    assert metrics["training"]["task1"]["images"] == 2 * 24 and metrics["training"]["task1"]["epochs"] == 2
     assert metrics["training"]["spp_lam100"]["images_per_second"] > 0
     assert metrics["training"]["spp_lam100"]["history"][0]["penalty"] > 0  # the penalty was on
     assert metrics["training"]["sgd"]["history"][0]["penalty"] == 0
@@ -503,9 +495,7 @@ def test_main_runs_end_to_end_writes_everything_and_resumes(data_root, tmp_path,
     assert "seed=0 -> 3" in caplog.text
 
 
-def test_resume_after_a_killed_task2_repeats_the_uninterrupted_run(
-    data_root, tmp_path, monkeypatch
-):
+def test_resume_after_a_killed_task2_repeats_the_uninterrupted_run(data_root, tmp_path, monkeypatch):
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert vae_sequence.main(_argv(data_root, full)) == 0
     real_train_epoch = vae_sequence.train_epoch

@@ -12,9 +12,18 @@ from torch import nn
 from avalanche_spp.importance import (
     bernoulli_entropy,
     categorical_entropy,
-    entropy_importance,
     spp_penalty,
 )
+from avalanche_spp.importance import entropy_importance as _entropy_importance
+
+#: The options most tests here were written for: the paper's reading of eq. 3 (the change of the
+#: entropy, one clamp over the whole data, per-sample Fisher). A test that names an option wins.
+PAPER_READING = {"taylor_of": "entropy", "clamp": "experience", "fisher": "per_sample"}
+
+
+def entropy_importance(model, batches, forward=None, **options):
+    """:func:`avalanche_spp.importance.entropy_importance` with :data:`PAPER_READING` as defaults."""
+    return _entropy_importance(model, batches, forward, **{**PAPER_READING, **options})
 
 
 def _tiny_mlp(seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
@@ -66,17 +75,28 @@ def test_labels_play_no_part_and_per_sample_is_batch_size_invariant():
 def test_batch_fisher_depends_on_batch_size_but_first_order_term_does_not():
     model = _tiny_mlp()
     x = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    raw = {size: entropy_importance(model, x.split(size), fisher="batch", clamp=False) for size in (1, 8, 64)}
-    per_sample = entropy_importance(model, [x], clamp=False)
+    raw = {
+        size: entropy_importance(model, x.split(size), fisher="batch", clamp="none") for size in (1, 8, 64)
+    }
+    per_sample = entropy_importance(model, [x], clamp="none")
     w = model[0].weight.detach()
     torch.testing.assert_close(raw[1]["0.weight"], per_sample["0.weight"])
     # The squared mean of a batch is smaller than the mean of squares: the curvature term shrinks.
     second_order = {s: (raw[s]["0.weight"] - raw[64]["0.weight"]) for s in (1, 8)}
     assert (second_order[1] >= -1e-12).all() and second_order[1].abs().sum() > 0
     assert second_order[8].abs().sum() < second_order[1].abs().sum()
-    # -g W is identical whatever the batch size: the difference is only the W^2 F / 2 term.
-    f1 = 2 * (raw[1]["0.weight"] - raw[64]["0.weight"]) / (w * w)
-    assert torch.isfinite(f1).all()
+    # -g W is identical whatever the batch size: the difference is only the W^2 F / 2 term,
+    # here checked against per-sample gradients taken one input at a time.
+    grads = []
+    for row in x:
+        model.zero_grad()
+        categorical_entropy(model(row[None])).sum().backward()
+        grads.append(model[0].weight.grad.detach().clone())
+    per_sample_grads = torch.stack(grads)  # (64, 5, 4)
+    fisher_1 = (per_sample_grads**2).mean(0)  # batches of one: the per-sample Fisher
+    fisher_64 = per_sample_grads.mean(0) ** 2  # one batch: the squared mean gradient
+    expected = 0.5 * w * w * (fisher_1 - fisher_64)
+    torch.testing.assert_close(raw[1]["0.weight"] - raw[64]["0.weight"], expected)
 
 
 def test_omega_is_nonnegative_and_zero_for_parameters_that_cannot_act():
@@ -108,7 +128,7 @@ def test_taylor_estimate_with_exact_hessian_matches_measured_entropy_change():
         for p in model.parameters():
             p.mul_(0.3)
     x = torch.randn(40, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    estimate = entropy_importance(model, x.split(10), hessian="exact", clamp=False)
+    estimate = entropy_importance(model, x.split(10), hessian="exact", clamp="none")
 
     def mean_entropy() -> float:
         with torch.no_grad():
@@ -136,7 +156,7 @@ def test_taylor_estimate_with_exact_hessian_matches_measured_entropy_change():
 def test_fisher_estimate_is_clamped_version_of_fisher_taylor_terms():
     model = _tiny_mlp(seed=5)
     x = torch.randn(30, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
-    raw = entropy_importance(model, [x], clamp=False)
+    raw = entropy_importance(model, [x], clamp="none")
     clamped = entropy_importance(model, [x])
     for name in raw:
         torch.testing.assert_close(clamped[name], raw[name].clamp_min(0))
@@ -146,8 +166,8 @@ def test_fisher_estimate_is_clamped_version_of_fisher_taylor_terms():
 def test_authors_first_order_sign_flips_only_the_gradient_term():
     model = _tiny_mlp(seed=7)
     x = torch.randn(30, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
-    paper = entropy_importance(model, [x], clamp=False)
-    authors = entropy_importance(model, [x], clamp=False, first_order="authors")
+    paper = entropy_importance(model, [x], clamp="none")
+    authors = entropy_importance(model, [x], clamp="none", taylor_of="neg_entropy")
     w = model[0].weight.detach()
     g = torch.autograd.grad(categorical_entropy(model(x)).mean(), model[0].weight)[0]
     torch.testing.assert_close(authors["0.weight"] - paper["0.weight"], 2 * g * w)
@@ -162,7 +182,11 @@ def test_normalisations():
     for name in plain:
         if plain[name].max() > 0:
             torch.testing.assert_close(peak[name], plain[name] / plain[name].max())
-        expected = torch.softmax(3.0 * plain[name].reshape(-1), 0).view_as(plain[name])
+        if plain[name].max() == 0:  # no importance at all: left at zero (stays free)
+            assert sharp[name].abs().max() == 0
+            continue
+        # in units of the tensor's mean importance, so that beta is free of Omega's scale
+        expected = torch.softmax(3.0 * (plain[name] / plain[name].mean()).reshape(-1), 0).view_as(plain[name])
         torch.testing.assert_close(sharp[name], expected)
         assert sharp[name].sum().item() == pytest.approx(1.0)
 
@@ -231,7 +255,7 @@ def test_model_mode_is_restored():
     [
         ({"fisher": "diag"}, "fisher must be one of"),
         ({"hessian": "full"}, "hessian must be one of"),
-        ({"first_order": "plus"}, "first_order must be one of"),
+        ({"taylor_of": "plus"}, "taylor_of must be one of"),
         ({"normalize": "l2"}, "normalize must be one of"),
         ({"beta": -1.0}, "beta must be a positive number"),
         ({"max_batches": 0}, "max_batches must be a positive int"),
@@ -363,3 +387,176 @@ def test_softmax_normalisation_leaves_a_tensor_without_importance_at_zero():
     sharp = entropy_importance(model, [x], normalize="softmax")
     assert torch.count_nonzero(sharp["head1.weight"]) == 0 and torch.count_nonzero(sharp["head1.bias"]) == 0
     assert sharp["head0.weight"].sum().item() == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------- where the clamp sits, and the sign
+def _per_sample_grads(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every input's own entropy gradient, one backward pass per input (the slow, obvious way)."""
+    grads: dict[str, list[torch.Tensor]] = {n: [] for n, _ in model.named_parameters()}
+    for row in x:
+        model.zero_grad()
+        categorical_entropy(model(row[None])).sum().backward()
+        for n, p in model.named_parameters():
+            grads[n].append(p.grad.detach().clone())
+    return {n: torch.stack(g) for n, g in grads.items()}
+
+
+@pytest.mark.parametrize("taylor_of, sign", [("entropy", -1.0), ("neg_entropy", 1.0)])
+def test_each_clamp_granularity_equals_its_definition(taylor_of, sign):
+    model = _tiny_mlp(seed=3)
+    x = torch.randn(24, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    grads = _per_sample_grads(model, x)
+    for name, p in model.named_parameters():
+        w, g = p.detach(), grads[name]  # g: (24, *shape)
+
+        def estimate(mean_g, curvature, w=w):
+            return sign * mean_g * w + 0.5 * w * w * curvature
+
+        expected = {
+            "experience": estimate(g.mean(0), (g * g).mean(0)).clamp_min(0),
+            "batch": torch.stack(
+                [estimate(b.mean(0), (b * b).mean(0)).clamp_min(0) for b in g.split(8)]
+            ).mean(0),
+            "sample": estimate(g, g * g).clamp_min(0).mean(0),
+            "none": estimate(g.mean(0), (g * g).mean(0)),
+        }
+        for clamp, value in expected.items():
+            for backend in ("linear", "vmap"):
+                omega = entropy_importance(
+                    model, x.split(8), clamp=clamp, taylor_of=taylor_of, per_sample_backend=backend
+                )
+                torch.testing.assert_close(omega[name], value, msg=f"{clamp} {backend} {name}")
+    # The three clamps differ on this model: the test would notice one standing in for another.
+    omegas = {c: entropy_importance(model, x.split(8), clamp=c, taylor_of=taylor_of)["0.weight"]
+              for c in ("experience", "batch", "sample")}  # fmt: skip
+    assert not torch.allclose(omegas["experience"], omegas["batch"])
+    assert not torch.allclose(omegas["batch"], omegas["sample"])
+
+
+def test_finer_clamps_give_more_weights_an_importance():
+    # E[max(0, X)] >= max(0, E[X]): a clamp on finer pieces never lowers Omega.
+    model = _tiny_mlp(seed=5)
+    x = torch.randn(40, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    by_clamp = {c: entropy_importance(model, x.split(10), clamp=c) for c in ("experience", "batch", "sample")}
+    for name in by_clamp["experience"]:
+        assert (by_clamp["batch"][name] >= by_clamp["experience"][name] - 1e-15).all()
+        assert (by_clamp["sample"][name] >= by_clamp["batch"][name] - 1e-15).all()
+    zeros = {c: sum(int((o == 0).sum()) for o in om.values()) for c, om in by_clamp.items()}
+    assert zeros["sample"] < zeros["experience"]
+
+
+def test_clamp_options_are_checked():
+    model, x = _tiny_mlp(), torch.randn(4, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="not a bool"):
+        entropy_importance(model, [x], clamp=False)
+    with pytest.raises(ValueError, match="clamp must be one of"):
+        entropy_importance(model, [x], clamp="layer")
+    with pytest.raises(ValueError, match='needs fisher="per_sample"'):
+        entropy_importance(model, [x], clamp="sample", fisher="batch")
+
+
+# ----------------------------------------------- review bugs: the linear shortcut where it is wrong
+class _ReshapedRows(nn.Module):
+    """A Linear applied to (B*T, F) rows: its rows are not one per sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):  # x: (B, 6) seen as (B, T=2, F=3)
+        h = torch.tanh(self.fc(x.reshape(-1, 3))).reshape(x.shape[0], 2, 4).sum(1)
+        return self.out(h)
+
+
+class _WeightUsedOutside(nn.Module):
+    """A Linear whose weight is also used through F.linear outside the module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc(x))
+        return self.out(h + torch.tanh(nn.functional.linear(h, self.fc.weight)))
+
+
+class _SharedWeight(nn.Module):
+    """One weight shared by two Linear modules (tied layers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+        self.b = nn.Linear(3, 3)
+        self.b.weight = self.a.weight
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+@pytest.mark.parametrize(
+    "model_class, width", [(_ReshapedRows, 6), (_WeightUsedOutside, 3), (_SharedWeight, 3)]
+)
+@pytest.mark.parametrize("clamp", ["experience", "sample"])
+def test_auto_backend_falls_back_to_vmap_where_the_linear_shortcut_is_wrong(model_class, width, clamp):
+    torch.manual_seed(0)
+    model = model_class().double()
+    x = torch.randn(16, width, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    auto = entropy_importance(model, x.split(8), clamp=clamp)
+    vmapped = entropy_importance(model, x.split(8), clamp=clamp, per_sample_backend="vmap")
+    for name in vmapped:
+        torch.testing.assert_close(auto[name], vmapped[name], msg=name)
+    assert sum(float(o.sum()) for o in vmapped.values()) > 0
+    with pytest.raises(ValueError, match='per_sample_backend="linear" needs'):
+        entropy_importance(model, x.split(8), clamp=clamp, per_sample_backend="linear")
+
+
+def test_spp_penalty_value_matches_its_gradient_for_any_sign_of_omega():
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    anchor, omega = torch.zeros(2), torch.tensor([1.0, -1.0])
+    value = spp_penalty([w], [anchor], [omega])
+    assert value.item() == pytest.approx(1.0 * 1.0 - 1.0 * 4.0)  # -3, not the L1 norm 5
+    value.backward()
+    torch.testing.assert_close(w.grad, 2 * omega * w.detach())
+
+
+def test_softmax_normalisation_sharpens_on_any_scale():
+    model = _tiny_mlp(seed=7)
+    x = torch.randn(50, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    plain = entropy_importance(model, [x])["0.weight"]
+    ratios = []
+    for beta in (1.0, 3.0):
+        sharp = entropy_importance(model, [x], normalize="softmax", beta=beta)["0.weight"]
+        ratios.append((sharp.max() / sharp.min()).item())
+        # same ranking as the importance itself
+        assert torch.equal(sharp.flatten().argsort(), plain.flatten().argsort()) or torch.equal(
+            sharp.flatten().argmax(), plain.flatten().argmax()
+        )
+    # Omega is ~1e-3 here: a softmax of the raw values would give a max/min ratio of ~1.00.
+    assert plain.max().item() < 0.1
+    assert ratios[0] > 3.0 and ratios[1] > ratios[0] ** 2
+
+
+def test_the_function_defaults_are_the_plugin_defaults():
+    import inspect
+
+    from avalanche_spp import importance
+
+    signature = inspect.signature(_entropy_importance).parameters
+    assert signature["taylor_of"].default == importance.DEFAULT_TAYLOR_OF
+    assert signature["clamp"].default == importance.DEFAULT_CLAMP
+    assert signature["fisher"].default == importance.DEFAULT_FISHER
+
+
+def test_each_module_gets_its_own_mode_back_even_when_the_pass_fails():
+    model = nn.Sequential(nn.Linear(4, 5), nn.Dropout(0.5), nn.BatchNorm1d(5), nn.Linear(5, 3)).double()
+    model.train()
+    model[2].eval()  # a frozen BatchNorm, as SGD-F leaves it
+    modes = [m.training for m in model.modules()]
+    entropy_importance(model, [torch.randn(8, 4, dtype=torch.float64)])
+    assert [m.training for m in model.modules()] == modes
+    with pytest.raises(ValueError, match="one entropy per sample"):
+        entropy_importance(model, [torch.randn(8, 4, dtype=torch.float64)], entropy_fn=lambda out: out.sum())
+    assert [m.training for m in model.modules()] == modes

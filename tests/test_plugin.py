@@ -70,7 +70,13 @@ def _strategy(model, plugins, epochs: int = 2):
         ({"fisher": "full"}, r"fisher must be one of \['per_sample', 'batch'\]"),
         ({"accumulate": "mean"}, r"accumulate must be one of \['sum', 'max'\]"),
         ({"normalize": "l1"}, "normalize must be one of"),
-        ({"first_order": "x"}, "first_order must be one of"),
+        ({"taylor_of": "x"}, "taylor_of must be one of"),
+        ({"taylor_of": "paper"}, "taylor_of must be one of"),  # the old name: said what it computes
+        ({"scale": "log"}, r"scale must be one of \['raw', 'mean', 'saturate'\]"),
+        ({"clamp": True}, "clamp must be one of"),
+        ({"clamp": "layer"}, "clamp must be one of"),
+        ({"clamp": "none"}, "negative importances, which cannot weigh a penalty"),
+        ({"clamp": "sample", "fisher": "batch"}, 'needs fisher="per_sample"'),
         ({"importance_samples": 0}, "importance_samples must be a positive int"),
         ({"importance_batch_size": 2.5}, "importance_batch_size must be a positive int"),
         ({"beta": 0}, "beta must be a positive number"),
@@ -81,12 +87,19 @@ def test_invalid_arguments_are_refused(kwargs, message):
         SPPPlugin(**kwargs)
 
 
-def test_penalty_is_zero_after_a_task_and_its_gradient_is_2_lam_omega_delta():
+def _weights(model):
+    """A copy of the weights, taken by the test itself (never the plugin's own anchor)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("scale", ["raw", "saturate"])
+def test_penalty_is_zero_after_a_task_and_its_gradient_is_2_lam_omega_delta(scale):
     bench = _stream()
     model = MTSimpleMLP(input_size=8, hidden_size=16)
-    plugin = SPPPlugin(lam=3.0)
+    plugin = SPPPlugin(lam=3.0, scale=scale)
     strategy = _strategy(model, [plugin])
     strategy.train(bench.train_stream[0])
+    w_star = _weights(model)  # W* as the test saw it
     assert plugin.omega and plugin.penalty(model).item() == 0.0
 
     gen = torch.Generator().manual_seed(1)
@@ -96,8 +109,11 @@ def test_penalty_is_zero_after_a_task_and_its_gradient_is_2_lam_omega_delta():
     model.zero_grad()
     plugin.penalty(model).backward()
     params = dict(model.named_parameters())
-    for name, omega in plugin.omega.items():
-        expected = 2 * 3.0 * omega * (params[name].detach() - plugin.anchor[name])
+    omegas = dict(plugin.omega)
+    m = sum(o.sum().item() for o in omegas.values()) / sum(o.numel() for o in omegas.values())
+    for name, omega in omegas.items():
+        weight = omega if scale == "raw" else omega / (omega + m)  # Omega / (Omega + m), by hand
+        expected = 2 * 3.0 * weight * (params[name].detach() - w_star[name])
         torch.testing.assert_close(params[name].grad, expected)
     assert sum(o.sum() for o in plugin.omega.values()) > 0
 
@@ -172,14 +188,22 @@ def test_multi_head_importance_ignores_avalanche_zero_padding():
     labels = torch.zeros(len(x), dtype=torch.long)
     t = torch.zeros(len(x), dtype=torch.long)  # task 0: the 2-wide head, padded to 5 by Avalanche
     strategy = SimpleNamespace(model=model, experience=SimpleNamespace(dataset=TensorDataset(x, labels, t)))
-    plugin = SPPPlugin(lam=1.0, importance_batch_size=7)
+    exact = {"clamp": "experience", "fisher": "per_sample"}  # batch-size free, so one batch matches 7
+    plugin = SPPPlugin(lam=1.0, importance_batch_size=7, **exact)
     plugin.after_training_exp(strategy)
-    own_logits = entropy_importance(model, [(x, 0)], lambda m, xb, task: m.forward_single_task(xb, task))
-    padded = entropy_importance(model, [(x, t)], lambda m, xb, tb: m(xb, tb), fisher="batch")
+    own_logits = entropy_importance(
+        model, [(x, 0)], lambda m, xb, task: m.forward_single_task(xb, task), **exact
+    )
     for name in own_logits:
         torch.testing.assert_close(plugin.omega[name], own_logits[name])
-    # The padded row (three extra logits of 0) would have given a different importance.
-    assert not torch.allclose(padded["features.0.weight"], own_logits["features.0.weight"])
+    # The padded row (three extra logits of 0) would have given a different importance: the
+    # same estimate (batch Fisher, one batch) on the padded and on the head's own logits differs.
+    options = {"fisher": "batch", "clamp": "experience"}
+    padded = entropy_importance(model, [(x, t)], lambda m, xb, tb: m(xb, tb), **options)
+    own_batch = entropy_importance(
+        model, [(x, 0)], lambda m, xb, task: m.forward_single_task(xb, task), **options
+    )
+    assert not torch.allclose(padded["features.0.weight"], own_batch["features.0.weight"])
 
 
 def test_importance_uses_no_labels():
@@ -323,6 +347,24 @@ def test_multi_head_classifier_model_end_to_end():
     }
 
 
+def test_state_follows_the_model_dtype_on_any_machine():
+    # The CPU stand-in for the CUDA test below: the state is created with the model's dtype (and
+    # device), so a float64 model gets float64 importances and anchors and a float64 penalty.
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16).double()
+    plugin = SPPPlugin()
+    x = bench.train_stream[0].dataset
+    strategy = SimpleNamespace(model=model, experience=SimpleNamespace(
+        dataset=TensorDataset(torch.stack([x[i][0] for i in range(len(x))]).double(),
+                              torch.tensor([x[i][1] for i in range(len(x))]),
+                              torch.tensor([x[i][2] for i in range(len(x))])),
+        current_experience=0))  # fmt: skip
+    plugin.after_training_exp(strategy)
+    assert plugin.omega and all(o.dtype == torch.float64 for o in plugin.omega.values())
+    assert all(a.dtype == torch.float64 for a in plugin.anchor.values())
+    assert plugin.penalty(model).dtype == torch.float64
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_state_lives_on_the_model_device():
     bench = _stream()
@@ -359,11 +401,11 @@ def test_spp_with_zero_strength_trains_exactly_like_naive():
         assert torch.equal(weights[0][name], weights[1][name]), name
 
 
-def _train_two_tasks(penalty_via: str, lam: float = 50.0):
+def _train_two_tasks(penalty_via: str, lam: float = 50.0, scale: str = "raw"):
     torch.manual_seed(0)
     bench = _stream()
     model = MTSimpleMLP(input_size=8, hidden_size=16)
-    plugin = SPPPlugin(lam=lam, penalty_via=penalty_via)
+    plugin = SPPPlugin(lam=lam, penalty_via=penalty_via, scale=scale)
     strategy = _strategy(model, [plugin])
     strategy.train(bench.train_stream[0])
     strategy.train(bench.train_stream[1])  # learned under the penalty
@@ -387,6 +429,7 @@ def test_gradient_path_trains_exactly_like_the_loss_path():
 
 def test_gradient_path_adds_exactly_the_penalty_gradient_in_a_training_step():
     model, plugin = _train_two_tasks("gradient")
+    w_star = _weights(model)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01)
@@ -397,10 +440,15 @@ def test_gradient_path_adds_exactly_the_penalty_gradient_in_a_training_step():
     task_grads = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
     plugin.after_backward(strategy)
     params = dict(model.named_parameters())
+    untouched = 0
     for name, omega in plugin.omega.items():
-        base = task_grads[name] if task_grads[name] is not None else torch.zeros_like(omega)
-        expected = base + 2 * plugin.lam * omega * (params[name].detach() - plugin.anchor[name])
+        if task_grads[name] is None:  # the loss did not reach it (head 1): no gradient at all
+            assert params[name].grad is None, name
+            untouched += 1
+            continue
+        expected = task_grads[name] + 2 * plugin.lam * omega * (params[name].detach() - w_star[name])
         torch.testing.assert_close(params[name].grad, expected, msg=name)
+    assert untouched > 0 and untouched < len(plugin.omega)
 
 
 def test_penalty_via_must_be_gradient_or_loss():
@@ -412,7 +460,7 @@ def _two_tasks_with(lam: float, curvature_cap: float | None, lr: float = 0.05):
     torch.manual_seed(0)
     bench = _stream()
     model = MTSimpleMLP(input_size=8, hidden_size=16)
-    plugin = SPPPlugin(lam=lam, curvature_cap=curvature_cap)
+    plugin = SPPPlugin(lam=lam, curvature_cap=curvature_cap, scale="raw")
     strategy = Naive(
         model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
@@ -433,14 +481,15 @@ def test_curvature_cap_clips_lam_omega_to_what_sgd_can_follow():
     bound = cap * (1 + 0.9) / (lr * lam)
     assert max(o.max().item() for o in plugin.omega.values()) > bound  # the cap is active
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    w_star = _weights(model)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01)
-    model.zero_grad()
+            p.grad = torch.zeros_like(p)  # as if the loss reached every parameter with gradient 0
     plugin.after_backward(strategy)
     params = dict(model.named_parameters())
     for name, omega in plugin.omega.items():
-        expected = 2 * lam * omega.clamp(max=bound) * (params[name].detach() - plugin.anchor[name])
+        expected = 2 * lam * omega.clamp(max=bound) * (params[name].detach() - w_star[name])
         torch.testing.assert_close(params[name].grad, expected, msg=name)
 
 
@@ -457,3 +506,124 @@ def test_curvature_cap_is_checked():
     strategy = SimpleNamespace(model=model, optimizer=torch.optim.Adam(model.parameters()))
     with pytest.raises(ValueError, match="needs a torch.optim.SGD optimiser"):
         plugin.before_training_exp(strategy)
+
+
+# ------------------------------------------------------------------------------ review bugs
+def test_shards_cover_every_sample_once_for_a_size_not_divisible_by_the_world(monkeypatch):
+    from avalanche_spp import plugin as plugin_module
+
+    seen = []
+    monkeypatch.setattr(plugin_module, "_distributed", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
+    for rank in range(4):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        sampler = plugin_module._distributed_sampler(list(range(10)))
+        seen += list(sampler)
+        assert len(sampler) == len(list(sampler))
+    assert sorted(seen) == list(range(10))  # DistributedSampler would repeat samples 0 and 1
+
+
+def test_a_parameter_frozen_between_experiences_round_trips_and_can_be_unfrozen():
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    plugin = SPPPlugin(lam=1.0)
+    strategy = _strategy(model, [plugin], epochs=1)
+    strategy.train(bench.train_stream[0])
+    frozen = model.features[0].weight
+    frozen.requires_grad_(False)
+    w_frozen = frozen.detach().clone()
+    strategy.train(bench.train_stream[1])
+    fresh = SPPPlugin()
+    fresh.load_state_dict(plugin.state_dict())  # used to raise "corrupt SPPPlugin state"
+    assert torch.equal(fresh.anchor["features.0.weight"], w_frozen)
+    frozen.requires_grad_(True)
+    params, anchors, omegas = fresh.penalty_terms(model)  # used to raise KeyError
+    assert any(p is frozen for p in params)
+    strategy.train(bench.train_stream[2])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("penalty_via", ["gradient", "loss"])
+@pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam"])
+def test_a_head_the_loss_does_not_touch_stays_exactly_where_it_was(penalty_via, optimizer):
+    torch.manual_seed(0)
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    make = {
+        "sgd_momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+        "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
+    }[optimizer]
+    strategy = Naive(
+        model=model,
+        optimizer=make(model.parameters()),
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=16,
+        train_epochs=2,
+        plugins=[SPPPlugin(lam=10.0, penalty_via=penalty_via)],
+        evaluator=None,  # Avalanche's default reset_optimizer_state=False: stale momentum is kept
+    )
+    strategy.train(bench.train_stream[0])
+    head0 = {n: p.detach().clone() for n, p in model.named_parameters() if "classifiers.0." in n}
+    trunk = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("features")}
+    strategy.train(bench.train_stream[1])
+    for name, before in head0.items():
+        assert torch.equal(dict(model.named_parameters())[name], before), name
+    moved = max((dict(model.named_parameters())[n] - w).abs().max().item() for n, w in trunk.items())
+    assert moved > 1e-4  # the trunk did learn task 2: the test is not vacuous
+
+
+def test_load_state_dict_refuses_settings_that_would_change_behaviour_silently():
+    plugin = SPPPlugin(lam=2.0)
+    state = plugin.state_dict()
+    for key, value in (("penalty_via", "foo"), ("scale", "log"), ("clamp", True), ("colour", 1)):
+        broken = {**state, "settings": {**state["settings"], key: value}}
+        with pytest.raises(ValueError, match="corrupt SPPPlugin state: its settings"):
+            SPPPlugin().load_state_dict(broken)
+    fresh = SPPPlugin()
+    fresh.load_state_dict(state)
+    assert fresh.state_dict()["settings"] == state["settings"]
+
+
+def test_saturated_scale_is_unit_free_and_bounded():
+    # Multiplying every importance by a constant (another model, data set or form) leaves the
+    # penalty of scale="saturate" unchanged; the raw penalty scales with it.
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    plugin = SPPPlugin(lam=1.0)
+    _strategy(model, [plugin], epochs=1).train(bench.train_stream[0])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    penalties = {}
+    for factor in (1.0, 1e4):
+        for scale in ("saturate", "raw", "mean"):
+            other = SPPPlugin(lam=1.0, scale=scale)
+            other.load_state_dict(
+                {**plugin.state_dict(), "settings": {**plugin.state_dict()["settings"], "scale": scale}}
+            )
+            other.omega = {n: o * factor for n, o in other.omega.items()}
+            penalties[scale, factor] = other.penalty(model).item()
+            _, _, weights = other.penalty_terms(model)
+            if scale == "saturate":
+                assert all((w >= 0).all() and (w < 1).all() for w in weights)
+    assert penalties["saturate", 1e4] == pytest.approx(penalties["saturate", 1.0], rel=1e-5)
+    assert penalties["mean", 1e4] == pytest.approx(penalties["mean", 1.0], rel=1e-5)
+    assert penalties["raw", 1e4] == pytest.approx(1e4 * penalties["raw", 1.0], rel=1e-5)
+
+
+def test_importance_samples_limits_the_inputs_the_pass_sees():
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    _strategy(model, [], epochs=1).train(bench.train_stream[0])
+    seen = []
+    handle = model.features.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    strategy = SimpleNamespace(model=model, experience=bench.train_stream[0])
+    try:
+        SPPPlugin(importance_samples=10, importance_batch_size=4).after_training_exp(strategy)
+        subset = sum(seen)
+        seen.clear()
+        SPPPlugin().after_training_exp(strategy)
+        whole = sum(seen)
+    finally:
+        handle.remove()
+    assert subset == 10 and whole == len(bench.train_stream[0].dataset) > 10

@@ -325,8 +325,9 @@ def test_variant_table_reads_comparison_folders(tmp_path, capsys):
     assert text.splitlines()[0] == made_by
     assert text.splitlines()[3].startswith("| plain | ") and "1000" in text
     assert capsys.readouterr().out == text
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         table_cli.main(["--out", str(tmp_path / "u.md"), f"x={tmp_path / 'nothing'}"])
+    assert exit_info.value.code == 2
 
 
 def test_fill_tables_regenerates_measured_tables_and_docs_are_in_sync(tmp_path):

@@ -55,6 +55,10 @@ def test_run_interrupted_after_task_2_resumes_to_the_uninterrupted_matrix(method
     assert saved["exp_counter"] == 2
     resumed = run_method(method, seed=0, checkpoint=checkpoint, **DIGITS)
     assert np.array_equal(np.array(full["accuracy_matrix"]), np.array(resumed["accuracy_matrix"]))
+    # It did resume: only the tasks after the checkpoint were trained again, not all five.
+    n = len(full["accuracy_matrix"])
+    assert full["tasks_trained_in_this_call"] == list(range(n))
+    assert resumed["tasks_trained_in_this_call"] == list(range(2, n))
     assert not checkpoint.exists()  # removed once the record is complete
 
 

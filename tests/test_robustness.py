@@ -232,7 +232,7 @@ def test_plugin_refuses_a_shrunk_parameter():
 
 
 def test_plugin_refuses_a_grown_input_dimension():
-    plugin = SPPPlugin()
+    plugin = SPPPlugin(scale="raw")  # the importance as stored, to check the padding by value
     plugin.update(nn.Linear(3, 4), {"weight": torch.ones(4, 3), "bias": torch.ones(4)})
     message = r"changed shape from \(4, 3\) to \(4, 5\): only its first \(output\) dimension may grow"
     with pytest.raises(ValueError, match=message):

@@ -1,0 +1,323 @@
+"""Choose SPPPlugin's defaults by measurement: SPP forms x strengths on validation splits.
+
+    python -m benchmarks.spp_defaults --streams split_fmnist_sgd2 --forms all --lams 0.1,1,10 \\
+        --out docs/results/spp_defaults/screen
+
+A *stream* is a benchmark with a training budget (optimiser, learning rate, epochs); a *form* is a
+set of SPP options (``scale``, ``taylor_of``, ``clamp``, ``fisher``, importance samples). Every
+(stream, form, lam, seed) is one run of ``benchmarks``' harness on the **validation** split (never
+the test split), kept as ``<out>/runs/<stream>__<form>__lam<lam>__seed<seed>.json``; a run whose
+file exists is skipped, so a killed sweep continues where it stopped. Naive (``finetune``) runs
+once per stream and seed as the reference. ``<out>/summary.json`` and ``<out>/summary.md`` hold,
+per stream, ACC and BWT of every form and strength (mean over seeds) next to Naive's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from avalanche_spp.baselines import TrainConfig
+from avalanche_spp.experiment import run_method
+from avalanche_spp.report import write_json
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A benchmark and the budget it is learned with."""
+
+    benchmark: str
+    optimizer: str
+    lr: float
+    epochs: int
+    batch_size: int = 128
+    train_limit: int | None = None  # training samples per task (None: all)
+    eval_limit: int | None = None  # evaluation samples per task (None: all)
+    n_tasks: int | None = None
+
+
+STREAMS = {
+    f"{bench}_{opt}{epochs}{suffix}": Stream(
+        bench, opt, 0.01 if opt == "sgd" else 1e-3, epochs, train_limit=limit, eval_limit=eval_limit
+    )
+    for bench, suffix, limit, eval_limit in (
+        ("split_fmnist", "", None, None),
+        ("permuted_fmnist", "", None, None),
+        ("permuted_fmnist", "_10k", 10_000, None),
+        ("permuted_fmnist", "_3k", 3_000, None),
+        ("permuted_fmnist", "_3k_e1k", 3_000, 1_000),
+        ("split_digits", "", None, None),
+    )
+    for opt in ("sgd", "adam")
+    for epochs in (2, 5)
+}
+"""``<benchmark>_<optimiser><epochs>[_10k|_3k]``: SGD lr 0.01 momentum 0.9, or Adam lr 1e-3; batch
+128; ``_10k`` / ``_3k``: that many training samples per task; ``_e1k``: 1000 evaluation samples
+per task (the permuted streams' evaluation of every task after every task dominates their time)."""
+
+FORMS: dict[str, dict[str, Any]] = {
+    # the paper's scale (the previous default) and the authors' code form
+    "raw_exp_ent": {"spp_scale": "raw", "spp_clamp": "experience", "spp_taylor_of": "entropy"},
+    "raw_batch_neg_bf": {
+        "spp_scale": "raw", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
+    },
+    # the scale-free strength, every clamp and sign
+    "sat_exp_ent": {"spp_scale": "saturate", "spp_clamp": "experience", "spp_taylor_of": "entropy"},
+    "sat_exp_neg": {"spp_scale": "saturate", "spp_clamp": "experience", "spp_taylor_of": "neg_entropy"},
+    "sat_batch_ent": {"spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy"},
+    "sat_batch_neg": {"spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy"},
+    "sat_batch_ent_bf": {
+        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",
+    },
+    "sat_batch_neg_bf": {
+        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
+    },
+    "sat_sample_ent": {"spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "entropy"},
+    "sat_sample_neg": {"spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "neg_entropy"},
+    "mean_batch_ent_bf": {
+        "spp_scale": "mean", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",
+    },
+    # importance from a subset of each experience
+    "sat_batch_ent_bf_2k": {
+        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",
+        "spp_importance_samples": 2048,
+    },
+    "sat_sample_ent_2k": {
+        "spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "entropy",
+        "spp_importance_samples": 2048,
+    },
+    "sat_sample_neg_2k": {
+        "spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "neg_entropy",
+        "spp_importance_samples": 2048,
+    },
+    # the defaults as they stand (whatever SPPPlugin() does now), and the same form at a strength
+    # tuned on validation for one stream (``--check``)
+    "default": {},
+    "tuned": {},
+}  # fmt: skip
+"""SPP option sets, by short name: ``<scale>_<clamp>_<ent|neg>[_bf: batch Fisher][_2k: 2048 samples]``."""
+
+
+def run_one(
+    stream: Stream, method: str, form: dict[str, Any], lam: float | None, seed: int, split: str = "validation"
+) -> dict[str, Any]:
+    train = replace(
+        TrainConfig(),
+        epochs=stream.epochs,
+        batch_size=stream.batch_size,
+        lr=stream.lr,
+        optimizer=stream.optimizer,
+        **form,
+    )
+    limits = {"train_limit": stream.train_limit, "eval_limit": stream.eval_limit}
+    options = {k: v for k, v in limits.items() if v is not None}
+    start = time.perf_counter()
+    record = run_method(
+        method,
+        benchmark=stream.benchmark,
+        seed=seed,
+        train=train,
+        strength=lam,
+        split=split,
+        n_tasks=stream.n_tasks,
+        benchmark_options=options,
+        on_divergence="record",
+    )
+    record["wall_s"] = time.perf_counter() - start
+    return record
+
+
+def summarize(out: Path) -> dict[str, Any]:
+    """Mean ACC / BWT (in %) over seeds of every (stream, form, lam) in ``out/runs``."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for path in sorted((out / "runs").glob("*.json")):
+        stream, form, lam, _seed = path.stem.split("__")
+        groups.setdefault((stream, form, lam), []).append(json.loads(path.read_text()))
+    rows = []
+    for (stream, form, lam), records in sorted(groups.items()):
+        metrics = [r["metrics"] for r in records]
+        rows.append({
+            "stream": stream,
+            "form": form,
+            "lam": None if lam == "none" else float(lam[3:]),
+            "seeds": len(records),
+            "acc": 100 * float(np.mean([m["acc"] for m in metrics])),
+            "bwt": 100 * float(np.mean([m["bwt"] for m in metrics])),
+            "diverged": sum(r.get("diverged_at_task") is not None for r in records),
+            "split": records[0]["config"]["split"],
+        })  # fmt: skip
+    return {"rows": rows}
+
+
+def _mean_std(values: list[float]) -> str:
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{100 * float(np.mean(values)):.2f} ± {100 * std:.2f}"
+
+
+def check_rows(out: Path) -> list[dict[str, Any]]:
+    """Per stream: Naive, ``SPPPlugin()`` and SPP at its tuned strength, and the issue's criteria.
+
+    Criteria where Naive forgets (its mean BWT below -2 points): the default forgets at most half
+    as much as Naive (|BWT| <= |BWT_naive| / 2), its ACC is not below Naive's, and its ACC is
+    within 1 point of the tuned strength's.
+    """
+    records: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for path in sorted((out / "runs").glob("*.json")):
+        stream, form, lam, _seed = path.stem.split("__")
+        records.setdefault((stream, form), []).append(json.loads(path.read_text()))
+    rows = []
+    for stream in sorted({k[0] for k in records}):
+        got = {form: records.get((stream, form), []) for form in ("naive", "default", "tuned")}
+        if not got["naive"] or not got["default"]:
+            continue
+        metric = {f: {k: [r["metrics"][k] for r in rs] for k in ("acc", "bwt")} for f, rs in got.items()}
+        mean = {f: {k: float(np.mean(v)) if v else None for k, v in m.items()} for f, m in metric.items()}
+        row: dict[str, Any] = {"stream": stream, "seeds": len(got["default"])}
+        for form in ("naive", "default", "tuned"):
+            row[form] = {k: _mean_std(v) for k, v in metric[form].items()} if got[form] else None
+        row["tuned_lam"] = got["tuned"][0]["strength"] if got["tuned"] else None
+        forgets = mean["naive"]["bwt"] < -0.02
+        row["naive_forgets"] = forgets
+        half = abs(mean["default"]["bwt"]) <= abs(mean["naive"]["bwt"]) / 2
+        not_lower = mean["default"]["acc"] >= mean["naive"]["acc"]
+        near = None if mean["tuned"]["acc"] is None else mean["default"]["acc"] >= mean["tuned"]["acc"] - 0.01
+        row["criteria"] = {
+            "half_the_forgetting": half,
+            "acc_not_below_naive": not_lower,
+            "within_1_of_tuned": near,
+        }
+        rows.append(row)
+    return rows
+
+
+def write_check(out: Path, command: str) -> None:
+    rows = check_rows(out)
+    write_json(out / "check.json", {"command": command, "rows": rows})
+    mark = {True: "yes", False: "**no**", None: "n/a"}
+    lines = [
+        f"Command: `{command}` (and one per stream for the tuned strength; see `check.json`).",
+        "",
+        "Test split, mean ± std over seeds, in %. Criteria apply where Naive forgets (BWT < -2).",
+        "",
+        "| stream | Naive ACC / BWT | SPPPlugin() ACC / BWT | tuned λ | tuned ACC / BWT "
+        "| ≤ half the forgetting | ACC ≥ Naive | ACC within 1 of tuned |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        pair = {
+            f: "" if r[f] is None else f"{r[f]['acc']} / {r[f]['bwt']}" for f in ("naive", "default", "tuned")
+        }
+        crit = [mark[v] if r["naive_forgets"] else "(no forgetting)" for v in r["criteria"].values()]
+        lam = "" if r["tuned_lam"] is None else f"{r['tuned_lam']:g}"
+        lines.append(f"| {r['stream']} | {pair['naive']} | {pair['default']} | {lam} | {pair['tuned']} | "
+                     + " | ".join(crit) + " |")  # fmt: skip
+    (out / "check.md").write_text("\n".join(lines) + "\n")
+
+
+def write_summary(out: Path, command: str) -> None:
+    summary = summarize(out)
+    summary["command"] = command
+    write_json(out / "summary.json", summary)
+    splits = sorted({row["split"] for row in summary["rows"]})
+    lines = [f"Command: `{command}`", "", f"Split: {', '.join(splits)}. ACC / BWT in %, mean over seeds.", ""]
+    by_stream: dict[str, list[dict[str, Any]]] = {}
+    for row in summary["rows"]:
+        by_stream.setdefault(row["stream"], []).append(row)
+    for stream, rows in by_stream.items():
+        lams = sorted({r["lam"] for r in rows if r["lam"] is not None})
+        forms = sorted({r["form"] for r in rows if r["form"] != "naive"})
+        naive = [r for r in rows if r["form"] == "naive"]
+        lines += [f"### {stream}", ""]
+        if naive:
+            lines += [
+                f"Naive: ACC {naive[0]['acc']:.2f}, BWT {naive[0]['bwt']:.2f} ({naive[0]['seeds']} seeds)",
+                "",
+            ]
+        lines += ["| form | " + " | ".join(f"lam {lam:g}" for lam in lams) + " |"]
+        lines += ["|---" * (len(lams) + 1) + "|"]
+        for form in forms:
+            cells = []
+            for lam in lams:
+                hit = [r for r in rows if r["form"] == form and r["lam"] == lam]
+                if not hit:
+                    cells.append("")
+                    continue
+                r = hit[0]
+                mark = f" (div {r['diverged']})" if r["diverged"] else ""
+                cells.append(f"{r['acc']:.2f} / {r['bwt']:.2f}{mark}")
+            lines.append(f"| {form} | " + " | ".join(cells) + " |")
+        lines.append("")
+    (out / "summary.md").write_text("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.spp_defaults", description=__doc__)
+    parser.add_argument("--streams", required=True, help=f"comma list of {sorted(STREAMS)}")
+    parser.add_argument("--forms", required=True, help=f"comma list of {sorted(FORMS)}, or 'all'")
+    parser.add_argument("--lams", required=True, help="comma list of strengths")
+    parser.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--split", default="validation", choices=("validation", "test"),
+        help="validation (choosing defaults; the default) or test (checking the chosen ones)",
+    )  # fmt: skip
+    parser.add_argument("--no-naive", action="store_true", help="skip the Naive reference runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--shard", default="0/1", help="K/N: run every N-th job from the K-th (parallel)")
+    args = parser.parse_args(argv)
+    streams = args.streams.split(",")
+    forms = sorted(FORMS) if args.forms == "all" else args.forms.split(",")
+    for name, known, what in ((streams, STREAMS, "--streams"), (forms, FORMS, "--forms")):
+        unknown = sorted(set(name) - set(known))
+        if unknown:
+            parser.error(f"{what}: unknown {unknown}; choose from {sorted(known)}")
+    try:
+        lams = [float(v) for v in args.lams.split(",")]
+        seeds = [int(v) for v in args.seeds.split(",")]
+        shard, shards = (int(v) for v in args.shard.split("/"))
+    except ValueError as error:
+        parser.error(str(error))
+    if not 0 <= shard < shards:
+        parser.error(f"--shard {args.shard}: K must be in [0, N)")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for stream in streams:
+        for seed in seeds:
+            if not args.no_naive:
+                jobs.append((stream, "naive", None, seed))
+            jobs += [(stream, form, lam, seed) for form in forms for lam in lams]
+    command = "python -m benchmarks.spp_defaults " + " ".join(argv if argv is not None else sys.argv[1:])
+    for index, (stream, form, lam, seed) in enumerate(jobs):
+        if index % shards != shard:
+            continue
+        lam_key = "none" if lam is None else f"lam{lam:g}"
+        path = out / "runs" / f"{stream}__{form}__{lam_key}__seed{seed}.json"
+        if path.exists():
+            continue
+        method, options = ("finetune", {}) if form == "naive" else ("spp", FORMS[form])
+        record = run_one(STREAMS[stream], method, options, lam, seed, args.split)
+        record["stream"] = {"name": stream, **asdict(STREAMS[stream])}
+        record["form"] = {"name": form, **options}
+        write_json(path, record)
+        m = record["metrics"]
+        print(f"{path.stem}: ACC {100 * m['acc']:.2f} BWT {100 * m['bwt']:.2f} "
+              f"({record['wall_s']:.0f} s)", flush=True)  # fmt: skip
+    write_summary(out, command)
+    if args.split == "test":
+        write_check(out, command)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""benchmarks.spp_defaults: its summary and the check of SPPPlugin()'s defaults against Naive."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.spp_defaults import FORMS, STREAMS, check_rows, main, summarize
+
+
+def _record(acc, bwt, strength=None):
+    return {"metrics": {"acc": acc, "bwt": bwt}, "strength": strength, "config": {"split": "test"}}
+
+
+def _write(out, stream, form, lam, seed, record):
+    path = out / "runs" / f"{stream}__{form}__{lam}__seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def test_check_applies_the_criteria_to_the_means_over_seeds(tmp_path):
+    for seed, (naive, default, tuned) in enumerate([
+        ((0.90, -0.10), (0.95, -0.04), (0.96, -0.02)),
+        ((0.92, -0.08), (0.97, -0.04), (0.97, -0.02)),
+    ]):  # fmt: skip
+        _write(tmp_path, "s", "naive", "none", seed, _record(*naive))
+        _write(tmp_path, "s", "default", "lam1", seed, _record(*default, 1.0))
+        _write(tmp_path, "s", "tuned", "lam10", seed, _record(*tuned, 10.0))
+    (row,) = check_rows(tmp_path)
+    # Naive BWT -9 %: the default's -4 % is less than half; ACC 96 > 91; tuned 96.5 is 0.5 above
+    assert row["naive_forgets"] and row["tuned_lam"] == 10.0 and row["seeds"] == 2
+    assert row["criteria"] == {
+        "half_the_forgetting": True,
+        "acc_not_below_naive": True,
+        "within_1_of_tuned": True,
+    }
+    _write(tmp_path, "s", "tuned", "lam10", 2, _record(0.999, 0.0, 10.0))  # tuned mean now 97.97
+    _write(tmp_path, "s", "default", "lam1", 2, _record(0.95, -0.06, 1.0))  # default BWT -4.67 %
+    (row,) = check_rows(tmp_path)
+    assert row["criteria"]["within_1_of_tuned"] is False
+    assert row["criteria"]["half_the_forgetting"] is False
+
+
+def test_summary_groups_runs_by_stream_form_and_strength(tmp_path):
+    for seed, acc in enumerate((0.8, 0.9)):
+        _write(tmp_path, "s", "sat_batch_neg_bf", "lam3", seed, _record(acc, -0.01))
+    (row,) = summarize(tmp_path)["rows"]
+    assert row == pytest.approx(
+        {
+            "stream": "s",
+            "form": "sat_batch_neg_bf",
+            "lam": 3.0,
+            "seeds": 2,
+            "acc": 85.0,
+            "bwt": -1.0,
+            "diverged": 0,
+            "split": "test",
+        }  # fmt: skip
+    )
+
+
+def test_unknown_streams_and_forms_are_refused_with_the_known_ones(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--streams", "nope", "--forms", "default", "--lams", "1", "--out", "x"])
+    assert exit_info.value.code == 2
+    assert "unknown ['nope']" in capsys.readouterr().err
+    assert "split_fmnist_sgd2" in STREAMS and "default" in FORMS and FORMS["default"] == {}
