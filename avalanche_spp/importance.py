@@ -322,6 +322,10 @@ class _ImportanceSums:
                 self.clamped_sum[name] += value.sum(dim=0).mul_(0.5)
             self.n_samples += batch_size
             return
+        if opts.clamp == "batch" and opts.fisher == "batch" and opts.hessian == "fisher":
+            self._add_batch_estimate(model, forward, entropy_fn, inputs)
+            self.n_samples += batch_size
+            return
         if opts.hessian == "exact":
             g, curv = _exact_terms(model, self.params, forward, entropy_fn, inputs)
         elif opts.fisher == "per_sample":
@@ -336,6 +340,23 @@ class _ImportanceSums:
                 self.grad_sum[name] += g[name]
                 self.curv_sum[name] += curv[name]
         self.n_samples += batch_size
+
+    @torch.no_grad()
+    def _add_batch_estimate(
+        self, model: nn.Module, forward: ForwardFn, entropy_fn: EntropyFn, inputs: tuple
+    ) -> None:
+        """The default form in few passes: with the batch Fisher ``F_b = g_b**2`` the batch's
+        estimate is ``s g_b W + 1/2 W**2 g_b**2 = x (s + x / 2)``, ``x = g_b W``."""
+        batch_size = _batch_size(inputs)
+        with torch.enable_grad():
+            entropy = _checked_entropy(entropy_fn, forward(model, *inputs), batch_size)
+            grads = torch.autograd.grad(entropy.mean(), list(self.params.values()), allow_unused=True)
+        for name, g in zip(self.params, grads, strict=True):
+            if g is None:  # not reached by this batch: its estimate is 0, and so its clamp
+                continue
+            x = g.to(self.weights[name].dtype).mul_(self.weights[name])
+            value = torch.mul(x, 0.5).add_(self.options.sign).mul_(x).clamp_min_(0.0)
+            self.clamped_sum[name].add_(value, alpha=batch_size)
 
     def omega(self, all_reduce: Callable[[Tensor], Any] | None, device: torch.device) -> dict[str, Tensor]:
         per_experience = self.options.clamp in ("experience", "none")

@@ -121,10 +121,12 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             scale: how the accumulated importance weighs the penalty. ``"saturate"`` (default):
                 ``Omega / (Omega + m)``, with ``m`` the mean of the accumulated ``Omega`` over every
                 penalised scalar: a soft pruning mask in ``[0, 1)``, the same ranking as the paper's
-                ``Omega`` but free of its units, so ``lam`` means the same on any model, data set,
-                number of tasks and importance form (and SGD stays stable for ``lam < (1 + mu) /
-                eta``). ``"mean"``: ``Omega / m`` (unbounded). ``"raw"``: the paper's eq. 5 as
-                measured (paper-faithful runs; the useful ``lam`` then depends on everything).
+                ``Omega`` but free of its units, so ``lam`` does not depend on the scale of
+                ``Omega`` (model, data, importance form, number of tasks) and SGD stays stable for
+                ``lam < (1 + mu) / eta``. How strong a protection a stream needs still differs
+                (long sequences of dissimilar tasks want a smaller ``lam``: docs/method.md §4).
+                ``"mean"``: ``Omega / m`` (unbounded). ``"raw"``: the paper's eq. 5 as measured
+                (paper-faithful runs; the useful ``lam`` then depends on everything).
             taylor_of: what the importance's Taylor estimate measures: ``"entropy"`` (the change
                 of the output entropy when a weight is pruned, ``-g W + 1/2 W^2 F``) or
                 ``"neg_entropy"`` (the change of ``sum q log q``, the paper's printed ``H``,

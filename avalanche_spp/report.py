@@ -582,6 +582,7 @@ def plot_lambda_sweep(
         log.warning("plot_lambda_sweep: no positive strength, x axis left linear")
     elif np.any(lams == 0):
         axes[1].set_xscale("symlog", linthresh=float(positive.min()))
+        axes[1].set_xlim(left=0.0)  # no negative strengths on the axis
     else:
         axes[1].set_xscale("log")
     axes[1].set_xlabel("strength λ")

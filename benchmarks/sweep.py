@@ -201,10 +201,10 @@ def plateau(rows: Sequence[dict], tolerance: float = 0.005) -> dict[str, float] 
             "decades": float(np.log10(hi / lo))}  # fmt: skip
 
 
-def write_sweep(config: SweepConfig, rows: list[dict]) -> Path:
+def write_sweep(config: SweepConfig, rows: list[dict], command: str | None = None) -> Path:
     out = Path(config.out)
     flat = plateau(rows)
-    command = "python -m benchmarks.sweep " + " ".join(sys.argv[1:])
+    command = command or "python -m benchmarks.sweep " + " ".join(sys.argv[1:])
     write_json(
         out / "sweep.json", {"config": asdict(config), "rows": rows, "plateau": flat, "command": command}
     )
@@ -213,6 +213,8 @@ def write_sweep(config: SweepConfig, rows: list[dict]) -> Path:
         plot_lambda_sweep(finished, out / "lambda_sweep.png")
     lines = [
         f"# {config.method} strength sweep on {config.benchmark} ({config.split} split)",
+        "",
+        f"Command: `{command}`",
         "",
         f"Seeds: {list(config.seeds)}; numbers in percent, mean over seeds; raw data: `sweep.json`.",
         "",
@@ -230,7 +232,7 @@ def write_sweep(config: SweepConfig, rows: list[dict]) -> Path:
             f"{flat['decades']:.2f} decades.",
         ]
     if finished:
-        lines += ["", "![lambda sweep](lambda_sweep.png)"]
+        lines += ["", "Figure: `lambda_sweep.png` beside this file (ACC above, BWT and FWT below)."]
     path = out / "sweep.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

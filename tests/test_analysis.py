@@ -218,6 +218,7 @@ def _fake_run(run_dir):
     """
     from avalanche.models.dynamic_modules import avalanche_model_adaptation
 
+    from avalanche_spp import importance
     from avalanche_spp.baselines import uses_multi_head
     from avalanche_spp.benchmarks import benchmark_info, make_benchmark
     from avalanche_spp.importance import entropy_importance
@@ -264,7 +265,10 @@ def _fake_run(run_dir):
             "n_tasks": N_TASKS,
             "data_root": None,
             "benchmark_options": BENCHMARK_OPTIONS,
-            "train": {"hidden": list(HIDDEN), "dropout": 0.0, "spp_fisher": "per_sample"},
+            "train": {
+                "hidden": list(HIDDEN), "dropout": 0.0, "spp_fisher": importance.DEFAULT_FISHER,
+                "spp_clamp": importance.DEFAULT_CLAMP, "spp_taylor_of": importance.DEFAULT_TAYLOR_OF,
+            },  # fmt: skip
         }
         record = build_record(
             method=method,

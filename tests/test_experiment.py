@@ -89,7 +89,10 @@ def test_spp_records_carry_the_importance_summary():
 def test_spp_diverging_inside_its_importance_pass_is_recorded_too():
     # Here the weights blow up during task 2 and SPP's importance pass after it refuses the
     # non-finite model (DivergedError raised inside Avalanche's callbacks): the run still ends.
-    config = TrainConfig(epochs=5, hidden=(256, 128), lr=0.1, spp_scale="raw")
+    config = TrainConfig(  # the paper's raw penalty and estimate, at a strength SGD cannot bear
+        epochs=5, hidden=(256, 128), lr=0.1, spp_scale="raw", spp_clamp="experience",
+        spp_taylor_of="entropy", spp_fisher="per_sample",
+    )  # fmt: skip
     run = {"benchmark": "split_digits", "seed": 0, "split": "validation", "strength": 1e4, "train": config}
     record = run_method("spp", on_divergence="record", **run)
     assert record["diverged_at_task"] == 2

@@ -426,6 +426,14 @@ def test_each_clamp_granularity_equals_its_definition(taylor_of, sign):
                     model, x.split(8), clamp=clamp, taylor_of=taylor_of, per_sample_backend=backend
                 )
                 torch.testing.assert_close(omega[name], value, msg=f"{clamp} {backend} {name}")
+    # The authors' form: per mini-batch, with the batch Fisher (the squared mean gradient).
+    for name, p in model.named_parameters():
+        w, g = p.detach(), grads[name]
+        expected = torch.stack(
+            [(sign * b.mean(0) * w + 0.5 * w * w * b.mean(0) ** 2).clamp_min(0) for b in g.split(8)]
+        ).mean(0)
+        omega = entropy_importance(model, x.split(8), clamp="batch", fisher="batch", taylor_of=taylor_of)
+        torch.testing.assert_close(omega[name], expected, msg=f"batch/batch {name}")
     # The three clamps differ on this model: the test would notice one standing in for another.
     omegas = {c: entropy_importance(model, x.split(8), clamp=c, taylor_of=taylor_of)["0.weight"]
               for c in ("experience", "batch", "sample")}  # fmt: skip

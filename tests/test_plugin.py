@@ -460,7 +460,8 @@ def _two_tasks_with(lam: float, curvature_cap: float | None, lr: float = 0.05):
     torch.manual_seed(0)
     bench = _stream()
     model = MTSimpleMLP(input_size=8, hidden_size=16)
-    plugin = SPPPlugin(lam=lam, curvature_cap=curvature_cap, scale="raw")
+    paper = {"scale": "raw", "clamp": "experience", "fisher": "per_sample", "taylor_of": "entropy"}
+    plugin = SPPPlugin(lam=lam, curvature_cap=curvature_cap, **paper)  # the raw Omega the cap is about
     strategy = Naive(
         model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
