@@ -300,10 +300,12 @@ class _ImportanceSums:
         self.params = params
         self.options = options
         self.weights = {n: p.detach().to(_acc_dtype(p)) for n, p in params.items()}
-        zeros = {n: torch.zeros_like(w) for n, w in self.weights.items()}
-        self.grad_sum = dict(zeros)
-        self.curv_sum = {n: torch.zeros_like(w) for n, w in self.weights.items()}
-        self.clamped_sum = {n: torch.zeros_like(w) for n, w in self.weights.items()}
+        self.per_experience = options.clamp in ("experience", "none")
+        kept = ("grad_sum", "curv_sum") if self.per_experience else ("clamped_sum",)
+        for key in ("grad_sum", "curv_sum", "clamped_sum"):  # only the sums this clamp needs
+            setattr(
+                self, key, {n: torch.zeros_like(w) for n, w in self.weights.items()} if key in kept else {}
+            )
         self.n_samples = 0
 
     def estimate(self, name: str, g: Tensor, curvature: Tensor) -> Tensor:
@@ -316,10 +318,8 @@ class _ImportanceSums:
         batch_size = _batch_size(inputs)
         if opts.clamp == "sample":
             for name, chunk in _per_sample_grad_chunks(model, self.params, forward, entropy_fn, inputs, opts):
-                # With x = g_n * W the estimate is s*x + x**2/2 = x * (x/2 + s): three passes.
-                x = chunk * self.weights[name]
-                value = torch.add(x, self.options.sign, alpha=2.0).mul_(x).clamp_min_(0.0)
-                self.clamped_sum[name] += value.sum(dim=0).mul_(0.5)
+                clamped = _clamped_estimate(chunk * self.weights[name], self.options.sign)
+                self.clamped_sum[name] += clamped.sum(dim=0)
             self.n_samples += batch_size
             return
         if opts.clamp == "batch" and opts.fisher == "batch" and opts.hessian == "fisher":
@@ -355,16 +355,11 @@ class _ImportanceSums:
             if g is None:  # not reached by this batch: its estimate is 0, and so its clamp
                 continue
             x = g.to(self.weights[name].dtype).mul_(self.weights[name])
-            value = torch.mul(x, 0.5).add_(self.options.sign).mul_(x).clamp_min_(0.0)
-            self.clamped_sum[name].add_(value, alpha=batch_size)
+            self.clamped_sum[name].add_(_clamped_estimate(x, self.options.sign), alpha=batch_size)
 
     def omega(self, all_reduce: Callable[[Tensor], Any] | None, device: torch.device) -> dict[str, Tensor]:
-        per_experience = self.options.clamp in ("experience", "none")
-        sums = (
-            (*self.grad_sum.values(), *self.curv_sum.values())
-            if per_experience
-            else self.clamped_sum.values()
-        )
+        per_experience = self.per_experience
+        sums = (*self.grad_sum.values(), *self.curv_sum.values(), *self.clamped_sum.values())
         n_samples = self.n_samples
         if all_reduce is not None:
             count = torch.tensor([float(n_samples)], device=device)
@@ -391,6 +386,13 @@ class _ImportanceSums:
                     )
                 omega[name] = _normalize(value, self.options.normalize, self.options.beta).to(p.dtype)
         return omega
+
+
+def _clamped_estimate(x: Tensor, sign: float) -> Tensor:
+    """``max(0, s x + x**2 / 2)`` for ``x = g W`` (one new tensor, three passes): the estimate
+    whenever the curvature is the same gradient's square (one sample's ``g_n``, or the batch
+    Fisher's ``g_b``)."""
+    return x.mul(0.5).add_(sign).mul_(x).clamp_min_(0.0)
 
 
 def _linear_shortcut(
@@ -568,6 +570,13 @@ def scaled_importance(omega: Tensor, scale: str, mean: float) -> Tensor:
     if scale == "mean":
         return omega / mean
     return omega / (omega + mean)
+
+
+def mean_importance(omegas: Iterable[Tensor]) -> float:
+    """``m`` of the ``"saturate"`` and ``"mean"`` scales: the mean ``Omega`` over every scalar."""
+    omegas = list(omegas)
+    count = sum(o.numel() for o in omegas)
+    return sum(float(o.double().sum()) for o in omegas) / count if count else 0.0
 
 
 def check_choice(name: str, value: Any, allowed: tuple) -> None:

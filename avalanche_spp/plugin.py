@@ -39,6 +39,7 @@ from avalanche_spp.importance import (
     add_spp_penalty_grad_,
     check_choice,
     entropy_importance,
+    mean_importance,
     scaled_importance,
     spp_penalty,
     trainable_parameters,
@@ -242,11 +243,9 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             return
         params, anchors, omegas = self._live_penalty_terms(strategy)
         reached = _leaves_reached(strategy.loss)
-        kept = [i for i, p in enumerate(params) if p in reached]  # as the gradient path: see there
-        if kept:
-            strategy.loss = strategy.loss + self.lam * spp_penalty(
-                [params[i] for i in kept], [anchors[i] for i in kept], [omegas[i] for i in kept]
-            )
+        params, anchors, omegas = _only(params, anchors, omegas, keep=[p in reached for p in params])
+        if params:  # as the gradient path: only the parameters the loss reaches (see there)
+            strategy.loss = strategy.loss + self.lam * spp_penalty(params, anchors, omegas)
 
     def after_backward(self, strategy: Any, **kwargs: Any) -> None:
         """``penalty_via="gradient"``: ``W.grad += 2 lam Omega (W - W*)``, the penalty's gradient."""
@@ -256,14 +255,9 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         # Only the parameters this step's loss reached (those with a .grad): a parameter the loss
         # did not touch gets no .grad, so the optimiser (its momentum or Adam state) leaves it
         # exactly where it is.
-        reached = [i for i, p in enumerate(params) if p.grad is not None]
-        if reached:
-            add_spp_penalty_grad_(
-                [params[i] for i in reached],
-                [anchors[i] for i in reached],
-                [omegas[i] for i in reached],
-                self.lam,
-            )
+        params, anchors, omegas = _only(params, anchors, omegas, keep=[p.grad is not None for p in params])
+        if params:
+            add_spp_penalty_grad_(params, anchors, omegas, self.lam)
 
     def _live_penalty_terms(self, strategy: Any) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
         if self.lam == 0.0 or not self.omega:
@@ -356,12 +350,10 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
 
     def importance_mean(self) -> float:
         """``m``: the mean accumulated ``Omega`` over every scalar that has an importance."""
-        total = sum(float(o.double().sum()) for o in self.omega.values())
-        count = sum(o.numel() for o in self.omega.values())
-        return total / count if count else 0.0
+        return mean_importance(self.omega.values())
 
     def penalty(self, model: nn.Module) -> Tensor:
-        """The current penalty ``lam * sum Omega (W - W*)^2`` of ``model`` (for inspection)."""
+        """The current penalty ``lam * sum M (W - W*)^2`` of ``model``, ``M`` the scaled importance."""
         params, anchors, omegas = self.penalty_terms(model)
         if not params or self.lam == 0.0:
             device = next(model.parameters(), torch.empty(0)).device
@@ -466,6 +458,11 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             task_labels = batch[-1]
             for task in torch.unique(task_labels).tolist():
                 yield x[task_labels == task], int(task)
+
+
+def _only(*terms: list, keep: list[bool]) -> tuple[list, ...]:
+    """The entries of each parallel list ``terms`` where ``keep`` is true."""
+    return tuple([t for t, k in zip(term, keep, strict=True) if k] for term in terms)
 
 
 def _leaves_reached(loss: Tensor) -> set:

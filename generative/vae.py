@@ -45,6 +45,7 @@ from avalanche_spp.importance import (
     DEFAULT_TAYLOR_OF,
     bernoulli_entropy,
     entropy_importance,
+    mean_importance,
     scaled_importance,
     spp_penalty,
 )
@@ -112,18 +113,12 @@ class ConvVAE(nn.Module):
         self.encoder_convs = nn.Sequential(*encoder)
         self.encoder_fc = nn.Linear(n_features, hidden_dim)
         self.mu_heads = nn.ModuleList(nn.Linear(hidden_dim, latent_dim) for _ in range(num_tasks))
-        self.logvar_heads = nn.ModuleList(
-            nn.Linear(hidden_dim, latent_dim) for _ in range(num_tasks)
-        )
-        self.latent_heads = nn.ModuleList(
-            nn.Linear(latent_dim, hidden_dim) for _ in range(num_tasks)
-        )
+        self.logvar_heads = nn.ModuleList(nn.Linear(hidden_dim, latent_dim) for _ in range(num_tasks))
+        self.latent_heads = nn.ModuleList(nn.Linear(latent_dim, hidden_dim) for _ in range(num_tasks))
         self.decoder_fc = nn.Linear(hidden_dim, n_features)
         decoder: list[nn.Module] = []
         reversed_widths = widths[::-1]
-        for i, (c_in, c_out) in enumerate(
-            zip(reversed_widths[:-1], reversed_widths[1:], strict=True)
-        ):
+        for i, (c_in, c_out) in enumerate(zip(reversed_widths[:-1], reversed_widths[1:], strict=True)):
             decoder.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
             if i < depth - 1:
                 decoder.append(nn.ReLU())
@@ -190,9 +185,7 @@ class ConvVAE(nn.Module):
         return [n for n, _ in self.named_parameters() if n.split(".")[0] not in TASK_HEADS]
 
 
-def vae_loss(
-    logits: Tensor, x: Tensor, mu: Tensor, logvar: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+def vae_loss(logits: Tensor, x: Tensor, mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Negative ELBO per image, averaged over the batch.
 
     ``recon = sum_pixels BCE(sigmoid(logits), x)`` and ``kl = KL(N(mu, exp(logvar)) || N(0, I))
@@ -273,7 +266,7 @@ def make_anchor(
     with torch.no_grad():
         anchors = [params[n].detach().clone() for n in names]
         raw = [omega[n].detach().to(params[n].device).clone() for n in names]
-        mean = sum(float(o.double().sum()) for o in raw) / max(sum(o.numel() for o in raw), 1)
+        mean = mean_importance(raw)
         omegas = [scaled_importance(o, scale, mean) for o in raw]
     return SPPAnchor(list(names), anchors, omegas)
 
@@ -404,8 +397,7 @@ def train_epoch(
         raise ValueError("the training loader gave no batch: is the dataset empty?")
     if not all(map(_finite, totals.values())):
         raise ValueError(
-            f"training diverged on task {task} (non-finite loss {totals}); lower the learning "
-            "rate or lambda"
+            f"training diverged on task {task} (non-finite loss {totals}); lower the learning rate or lambda"
         )
     means = {k: v / n_batches for k, v in totals.items()}
     return EpochStats(epoch, n_images, seconds, **means)
@@ -455,15 +447,12 @@ def generate(model: ConvVAE, n: int, task: int, *, seed: int, batch_size: int = 
         ``(n, C, S, S)`` float CPU tensor in ``[0, 1]``.
     """
     device = next(model.parameters()).device
-    z = torch.randn(
-        n, model.latent_dim, generator=torch.Generator().manual_seed(seed)
-    )  # (n, latent)
+    z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed))  # (n, latent)
     was_training = model.training
     model.eval()
     try:
         chunks = [
-            torch.sigmoid(model.decode(chunk.to(device), task).float()).cpu()
-            for chunk in z.split(batch_size)
+            torch.sigmoid(model.decode(chunk.to(device), task).float()).cpu() for chunk in z.split(batch_size)
         ]
     finally:
         model.train(was_training)
