@@ -8,12 +8,9 @@ task after each (``P[j][i]``); time the training and the importance passes; hand
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import math
 import os
-import random
 import re
 import time
 import warnings
@@ -24,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin
@@ -38,7 +34,7 @@ from avalanche_spp.baselines import (
     uses_multi_head,
 )
 from avalanche_spp.benchmarks import benchmark_info, make_benchmark
-from avalanche_spp.errors import CheckpointMismatchError
+from avalanche_spp.checkpoint import load_run_checkpoint, save_run_checkpoint
 from avalanche_spp.importance import DivergedError
 from avalanche_spp.models import make_model
 from avalanche_spp.plugin import SPPPlugin
@@ -155,7 +151,7 @@ def run_method(
         if checkpoint is not None:
             checkpoint = Path(checkpoint)
             if checkpoint.exists():
-                strategy, saved = _load_checkpoint(strategy, checkpoint, fingerprint)
+                strategy, saved = load_run_checkpoint(strategy, checkpoint, fingerprint)
                 matrix, train_seconds, first = saved["matrix"], saved["train_seconds"], saved["next_task"]
                 diverged_at, penalty_importance = saved["diverged_at"], saved["penalty_importance"]
                 log.info("resumed %s seed %d after task %d (%s)", method, seed, first - 1, checkpoint)
@@ -187,7 +183,7 @@ def run_method(
             bar.update(1)
             bar.set_postfix(acc=f"{np.mean(matrix[j, : j + 1]):.3f}")
             if checkpoint is not None and j + 1 < n:
-                _save_checkpoint(
+                save_run_checkpoint(
                     strategy,
                     checkpoint,
                     {"fingerprint": fingerprint, "matrix": matrix, "train_seconds": train_seconds,
@@ -350,55 +346,6 @@ def _check_finite_weights(model: torch.nn.Module, method: str, task: int) -> Non
             f"{method}: training diverged on task {task}: weights {bad[:3]} are not finite. "
             "Lower the learning rate or the method's strength."
         )
-
-
-def _save_checkpoint(strategy: Any, path: Path, progress: dict[str, Any]) -> None:
-    """Avalanche's strategy checkpoint plus this run's progress and RNG states, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    strategy.run_progress = {
-        **progress,
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-        },
-    }
-    try:
-        save_checkpoint(strategy, tmp)
-    finally:
-        del strategy.run_progress
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(strategy: Any, path: Path, fingerprint: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """Restore a strategy saved by :func:`_save_checkpoint` and check it belongs to this run."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # Avalanche prints its device mapping
-            strategy, _ = maybe_load_checkpoint(strategy, path, map_location=strategy.device)
-        saved = strategy.__dict__.pop("run_progress")
-    except Exception as error:  # a truncated or foreign file: any unpickling error
-        raise CheckpointMismatchError(
-            f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); "
-            "delete it to start this run again"
-        ) from error
-    if saved["fingerprint"] != fingerprint:
-        changed = sorted(
-            k for k in fingerprint.keys() | saved["fingerprint"].keys()
-            if fingerprint.get(k) != saved["fingerprint"].get(k)
-        )
-        raise CheckpointMismatchError(
-            f"checkpoint {path} was written by a different run (differs in {changed}); "
-            "delete it, or rerun with the settings that wrote it"
-        )
-    rng = saved["rng"]
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    return strategy, saved
 
 
 def _experience_accuracies(results: Mapping[str, Any], n: int) -> np.ndarray:

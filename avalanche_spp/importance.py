@@ -427,7 +427,7 @@ def _per_sample_sums(
     """``sum_n g_n`` and ``sum_n g_n**2`` over one batch: the linear shortcut where it holds, else vmap."""
     recorded = _linear_shortcut(model, params, forward, entropy_fn, inputs, opts)
     if recorded is not None:
-        return _linear_sums(model, opts.linear_layers, params, recorded)
+        return _linear_sums(params, recorded)
     g_sum = {n: torch.zeros_like(p, dtype=_acc_dtype(p)) for n, p in params.items()}
     curv_sum = {n: torch.zeros_like(p, dtype=_acc_dtype(p)) for n, p in params.items()}
     for name, chunk in _vmap_grad_chunks(model, params, forward, entropy_fn, inputs, opts.n_scalars):
@@ -447,7 +447,7 @@ def _per_sample_grad_chunks(
     """``(name, g)`` pairs with ``g`` of shape ``(chunk, *param.shape)``: every sample's gradient once."""
     recorded = _linear_shortcut(model, params, forward, entropy_fn, inputs, opts)
     if recorded is not None:
-        yield from _linear_grad_chunks(model, opts.linear_layers, params, recorded)
+        yield from _linear_grad_chunks(params, recorded)
         return
     yield from _vmap_grad_chunks(model, params, forward, entropy_fn, inputs, opts.n_scalars)
 
@@ -743,8 +743,6 @@ def _record_linear_layers(
 
 
 def _linear_sums(
-    model: nn.Module,
-    layers: list[nn.Linear],
     params: Mapping[str, Tensor],
     recorded: dict[nn.Linear, tuple[Tensor, Tensor]],
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -763,8 +761,6 @@ def _linear_sums(
 
 
 def _linear_grad_chunks(
-    model: nn.Module,
-    layers: list[nn.Linear],
     params: Mapping[str, Tensor],
     recorded: dict[nn.Linear, tuple[Tensor, Tensor]],
 ) -> Iterator[tuple[str, Tensor]]:

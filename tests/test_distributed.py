@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -42,6 +43,7 @@ def _worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.subprocess
 def test_two_process_importance_equals_single_process(tmp_path):
     torch.set_num_threads(1)
     model, experience = _model_and_experience()

@@ -511,7 +511,16 @@ def test_resume_after_a_killed_task2_repeats_the_uninterrupted_run(data_root, tm
     monkeypatch.undo()
     partial = torch.load(killed / "checkpoints" / "spp_lam100.pt", weights_only=False)
     assert len(partial["history"]) == 1 and not (killed / "metrics.json").exists()
+    trained: list[str] = []  # what the resumed call trains: only the SPP run's second epoch
+
+    def counting(*args, **kwargs):
+        trained.append(kwargs["description"])
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(vae_sequence, "train_epoch", counting)
     assert vae_sequence.main(_argv(data_root, killed, "--resume")) == 0
+    monkeypatch.undo()
+    assert trained == ["spp_lam100 epoch 2/2"]
     a = torch.load(full / "checkpoints" / "spp_lam100.pt", weights_only=False)
     b = torch.load(killed / "checkpoints" / "spp_lam100.pt", weights_only=False)
     assert len(b["history"]) == 2
@@ -553,19 +562,55 @@ def test_missing_data_and_weights_through_the_command_line(tmp_path, monkeypatch
     assert not (tmp_path / "run").exists()
 
 
-def test_generate_uses_the_same_latents_for_every_model():
-    torch.manual_seed(0)
-    model = tiny_vae()
-    a = generate(model, 5, 0, seed=3, batch_size=2)
-    b = generate(model, 5, 0, seed=3)
-    assert a.shape == (5, 3, 16, 16) and torch.allclose(a, b)
+def test_generate_uses_the_same_latents_for_every_model(monkeypatch):
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(tiny_vae())
+    latents: list[torch.Tensor] = []
+    real_decode = ConvVAE.decode
+
+    def recording_decode(self, z, task):
+        latents.append(z.detach().clone())
+        return real_decode(self, z, task)
+
+    monkeypatch.setattr(ConvVAE, "decode", recording_decode)
+    a = generate(models[0], 5, 0, seed=3, batch_size=2)
+    z_a = torch.cat(latents)
+    latents.clear()
+    b = generate(models[1], 5, 0, seed=3)
+    z_b = torch.cat(latents)
+    assert a.shape == b.shape == (5, 3, 16, 16)
+    assert torch.equal(z_a, z_b) and z_a.shape == (5, 4)  # the same codes, whatever model and batch size
+    assert not torch.allclose(a, b)  # the panels differ only by the decoder
+    latents.clear()
+    torch.testing.assert_close(generate(models[0], 5, 0, seed=3), a)
+    latents.clear()
+    generate(models[0], 5, 0, seed=4)
+    assert not torch.equal(torch.cat(latents), z_a)  # the seed chooses the codes
     assert float(a.min()) >= 0 and float(a.max()) <= 1
 
 
-def test_several_lambdas_give_one_spp_run_each(data_root, tmp_path):
-    config = vae_sequence.parse_args(_argv(data_root, tmp_path / "r", "--lam", "0.5,20"))
-    assert config.lam == (0.5, 20.0)
-    assert config.runs == ("task1_only", "sgd", "spp_lam0.5", "spp_lam20")
+def test_command_line_spp_forgets_less_than_sgd_with_one_run_per_lambda(data_root, tmp_path):
+    """Through main(): two strengths give two SPP runs; the strong one keeps task 1 better than SGD."""
+    out = tmp_path / "run"
+    argv = _argv(data_root, out, "--lam", "1e-9,100", "--lr", "3e-3")
+    argv[argv.index("--epochs") + 1] = "20"
+    config = vae_sequence.parse_args(argv)
+    assert config.runs == ("task1_only", "sgd", "spp_lam1e-09", "spp_lam100")
+    assert vae_sequence.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    runs, training = metrics["runs"], metrics["training"]
+    assert set(runs) == set(config.runs)
+    increase = {run: runs[run]["recon_mse_task1_increase"] for run in config.runs[1:]}
+    # measured (seed 0): sgd 0.089, lam 1e-9 0.087, lam 100 0.057
+    assert increase["sgd"] > 0.04  # plain SGD forgets the faces
+    assert increase["spp_lam100"] < 0.75 * increase["sgd"]
+    assert increase["spp_lam1e-09"] == pytest.approx(increase["sgd"], rel=0.1)  # a vanishing lam is SGD
+    for run in config.runs[2:]:
+        assert len(training[run]["history"]) == 20 and (out / "checkpoints" / f"{run}.pt").is_file()
+    penalty = {run: training[run]["history"][0]["penalty"] for run in config.runs[1:]}
+    assert penalty["sgd"] == 0 and penalty["spp_lam1e-09"] > 0 and penalty["spp_lam100"] > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")

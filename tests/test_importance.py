@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,11 +66,28 @@ def test_omega_equals_hand_computed_value_for_linear_softmax():
 
 def test_labels_play_no_part_and_per_sample_is_batch_size_invariant():
     model = _tiny_mlp()
-    x = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, dtype=torch.float64, generator=gen)
     small = entropy_importance(model, x.split(7))
     large = entropy_importance(model, [x])
     for name in small:
         torch.testing.assert_close(small[name], large[name], rtol=1e-9, atol=1e-15)
+    # Items that carry labels: the forward sees them, the importance must not depend on them.
+    seen: list[torch.Tensor] = []
+
+    def forward(m, xb, yb):
+        seen.append(yb)
+        return m(xb)
+
+    y = torch.randint(0, 3, (64,), generator=gen)
+    with_labels = entropy_importance(model, list(zip(x.split(16), y.split(16), strict=True)), forward=forward)
+    other_labels = entropy_importance(
+        model, list(zip(x.split(16), (2 - y).split(16), strict=True)), forward=forward
+    )
+    assert len(seen) >= 8  # the labels did reach the forward, in both passes
+    for name in large:
+        torch.testing.assert_close(with_labels[name], large[name], rtol=1e-9, atol=1e-15)
+        torch.testing.assert_close(other_labels[name], large[name], rtol=1e-9, atol=1e-15)
 
 
 def test_batch_fisher_depends_on_batch_size_but_first_order_term_does_not():
@@ -232,6 +250,19 @@ def test_multi_argument_items_and_custom_forward():
     assert omega["heads.1.weight"].abs().sum() > 0
     per_batch = entropy_importance(model, [(x, 1)], fisher="batch")
     assert set(per_batch) == set(omega)
+    # A custom forward decides which head runs: here the other one, whatever the item says.
+    calls: list[int] = []
+
+    def forward(m, xb, task):
+        calls.append(task)
+        return m(xb, 1 - task)
+
+    swapped = entropy_importance(model, [(x, 1)], forward=forward)
+    assert calls and set(calls) == {1}
+    assert swapped["heads.1.weight"].abs().sum() == 0 and swapped["heads.0.weight"].abs().sum() > 0
+    direct = entropy_importance(model, [(x, 0)])
+    for name in direct:
+        torch.testing.assert_close(swapped[name], direct[name], rtol=1e-9, atol=1e-15)
 
 
 def test_frozen_parameters_and_buffers_get_no_importance():
@@ -328,12 +359,19 @@ def test_penalty_refuses_mismatched_inputs():
         spp_penalty([], [], [])
 
 
+@pytest.mark.subprocess
 def test_importance_module_does_not_import_avalanche():
     import subprocess
     import sys
 
     code = "import sys, avalanche_spp.importance; print('avalanche' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -361,11 +399,15 @@ def test_linear_backend_refuses_models_it_cannot_handle():
     x = torch.randn(4, 1, 4, 4)
     with pytest.raises(ValueError, match='per_sample_backend="linear" needs'):
         entropy_importance(conv, [x], per_sample_backend="linear")
-    # "auto" falls back to vmap and agrees with it
+    # "auto" falls back to a per-sample path on a conv model: it equals one backward per input.
+    conv = conv.double()
+    x = x.double()
+    grads = _per_sample_grads(conv, x)
     auto = entropy_importance(conv, [x])
-    vmapped = entropy_importance(conv, [x], per_sample_backend="vmap")
-    for name in auto:
-        torch.testing.assert_close(auto[name], vmapped[name])
+    for name, p in conv.named_parameters():
+        w, g = p.detach(), grads[name]
+        expected = (-g.mean(0) * w + 0.5 * w * w * (g * g).mean(0)).clamp_min(0)
+        torch.testing.assert_close(auto[name], expected, rtol=1e-9, atol=1e-15)
 
 
 def test_softmax_normalisation_leaves_a_tensor_without_importance_at_zero():
@@ -568,3 +610,110 @@ def test_each_module_gets_its_own_mode_back_even_when_the_pass_fails():
     with pytest.raises(ValueError, match="one entropy per sample"):
         entropy_importance(model, [torch.randn(8, 4, dtype=torch.float64)], entropy_fn=lambda out: out.sum())
     assert [m.training for m in model.modules()] == modes
+
+
+@pytest.mark.parametrize("model_class, width", [(_WeightUsedOutside, 3), (_SharedWeight, 3)])
+def test_auto_backend_notices_a_wrong_shortcut_even_when_gradients_are_tiny(model_class, width):
+    # Logits of order 1e-7: the check against autograd must be relative to the gradients' size.
+    torch.manual_seed(0)
+    model = model_class().double()
+    with torch.no_grad():
+        model.out.weight.mul_(1e-6)
+        model.out.bias.zero_()
+    x = torch.randn(16, width, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    auto = entropy_importance(model, x.split(8), clamp="sample")
+    vmapped = entropy_importance(model, x.split(8), clamp="sample", per_sample_backend="vmap")
+    assert max(float(o.abs().max()) for o in vmapped.values()) < 1e-8  # tiny indeed
+    for name in vmapped:
+        torch.testing.assert_close(auto[name], vmapped[name], rtol=1e-6, atol=0.0, msg=name)
+
+
+# ------------------------------------------------------------ mutants that survived (docs/testing.md)
+class _UnusedHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Linear(3, 4)
+        self.used = nn.Linear(4, 2)
+        self.unused = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.used(torch.tanh(self.trunk(x)))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"fisher": "batch", "clamp": "batch"},
+        {"fisher": "per_sample", "clamp": "experience"},
+        {"fisher": "per_sample", "clamp": "sample"},
+    ],
+)
+def test_half_precision_models_accumulate_in_float32(options):
+    # 768 batches of one sample: a bfloat16 running sum (8-bit mantissa) stops growing after a few
+    # hundred similar terms, so accumulating in the model's dtype would be far off the float64 values.
+    torch.manual_seed(0)
+    exact = _UnusedHead().double()
+    half = _UnusedHead().to(torch.bfloat16)
+    half.load_state_dict(exact.state_dict())
+    x = torch.randn(768, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    reference = entropy_importance(exact, x.split(1), **options)
+    omega = entropy_importance(half, x.to(torch.bfloat16).split(1), **options)
+    assert {o.dtype for o in omega.values()} == {torch.bfloat16}  # returned in the model's dtype
+    assert omega["unused.weight"].abs().sum() == 0
+    for name in ("trunk.weight", "used.weight"):
+        error = float((omega[name].double() - reference[name]).abs().sum() / reference[name].abs().sum())
+        assert error < 0.05, (name, error)
+
+
+def test_exact_hessian_gives_an_unused_head_zero_importance():
+    torch.manual_seed(0)
+    model = _UnusedHead().double()
+    x = torch.randn(10, 3, dtype=torch.float64)
+    exact = entropy_importance(model, x.split(5), hessian="exact")
+    assert set(exact) == {n for n, _ in model.named_parameters()}
+    for name in ("unused.weight", "unused.bias"):
+        assert exact[name].shape == dict(model.named_parameters())[name].shape
+        assert exact[name].abs().sum() == 0
+    assert exact["used.weight"].abs().sum() > 0 and exact["trunk.weight"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["linear", "vmap"])
+def test_chunked_per_sample_gradients_equal_the_whole_batch(backend, monkeypatch):
+    import avalanche_spp.importance as importance
+
+    model = _tiny_mlp(seed=2)
+    x = torch.randn(10, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    whole = entropy_importance(model, x.split(5), clamp="sample", per_sample_backend=backend)
+    monkeypatch.setattr(importance, "_PER_SAMPLE_BUDGET", 7)  # one or two rows per chunk
+    chunked = entropy_importance(model, x.split(5), clamp="sample", per_sample_backend=backend)
+    for name in whole:
+        torch.testing.assert_close(chunked[name], whole[name], rtol=1e-12, atol=0.0, msg=name)
+
+
+def test_linear_shortcut_skips_a_frozen_bias():
+    torch.manual_seed(0)
+    model = _tiny_mlp()
+    model[2].bias.requires_grad_(False)
+    for backend in ("linear", "vmap"):
+        omega = entropy_importance(model, [torch.randn(6, 4, dtype=torch.float64)], clamp="sample",
+                                   per_sample_backend=backend)  # fmt: skip
+        assert "2.bias" not in omega and "2.weight" in omega
+
+
+def test_an_item_the_model_cannot_take_is_described_in_the_error():
+    model = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=r"holds 2 entries \(Tensor\(4, 3\), int\)"):
+        entropy_importance(model, [(torch.randn(4, 3), 1)])
+
+
+def test_scaled_importance_by_hand():
+    from avalanche_spp.importance import scaled_importance
+
+    omega = torch.tensor([0.0, 1.0, 3.0])
+    torch.testing.assert_close(scaled_importance(omega, "raw", 2.0), omega)
+    torch.testing.assert_close(scaled_importance(omega, "mean", 2.0), torch.tensor([0.0, 0.5, 1.5]))
+    torch.testing.assert_close(scaled_importance(omega, "saturate", 1.0), torch.tensor([0.0, 0.5, 0.75]))
+    for scale in ("mean", "saturate"):
+        torch.testing.assert_close(scaled_importance(torch.zeros(3), scale, 0.0), torch.zeros(3))
+    with pytest.raises(ValueError, match="scale must be one of"):
+        scaled_importance(omega, "log", 1.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,8 +195,9 @@ def test_accuracy_matrix_from_avalanche_hand_built():
     expected = np.array([[0.9, 0.1, 0.2], [0.8, 0.7, 0.3], [0.6, 0.5, 0.8]])
     np.testing.assert_array_equal(p, expected)
     assert all_metrics(p)["bwt"] == pytest.approx(BWT3)
-    np.testing.assert_array_equal(accuracy_matrix_from_avalanche(results, 3, stream="valid_stream"),
-                                  np.zeros((3, 3)))
+    np.testing.assert_array_equal(
+        accuracy_matrix_from_avalanche(results, 3, stream="valid_stream"), np.zeros((3, 3))
+    )
     # without task labels every key says Task000
     p0 = accuracy_matrix_from_avalanche(_avalanche_dict(columns, task_of=lambda i: 0), 3)
     np.testing.assert_array_equal(p0, expected)
@@ -272,7 +274,41 @@ def test_accuracy_matrix_from_a_real_avalanche_run():
     assert 0.0 <= all_metrics(p)["acc"] <= 1.0
 
 
+@pytest.mark.subprocess
 def test_importing_metrics_does_not_import_avalanche():
     code = "import sys, avalanche_spp.metrics; print('avalanche' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------ mutants that survived (docs/testing.md)
+def test_joint_accuracies_are_named_in_their_error():
+    p = np.array([[0.9, 0.1], [0.8, 0.7]])
+    with pytest.raises(ValueError, match=r"joint_accuracies needs finite accuracies.*m\[1\]"):
+        forward_transfer(p, [0.9, NAN])
+
+
+def test_accuracy_matrix_from_avalanche_with_one_task_and_bad_counts():
+    p = accuracy_matrix_from_avalanche(_avalanche_dict([[0.75]]), 1)
+    np.testing.assert_array_equal(p, [[0.75]])
+    assert p.dtype == np.float64
+    for bad in ("3", 0, 2.0, True):
+        with pytest.raises(ValueError, match="n_tasks must be a positive int"):
+            accuracy_matrix_from_avalanche(_avalanche_dict([[0.75]]), bad)
+
+
+def test_missing_experiences_name_the_expected_key_and_the_streams_found():
+    results = _avalanche_dict([[0.5, 0.6], [0.4, 0.7]], stream="valid_stream")
+    results["Top1_Acc_Stream/eval_phase/other_stream/Task000"] = ([0], [0.5])  # not an experience key
+    message = (
+        r"experience\(s\) \[0, 1\] of 'test_stream' \(keys like "
+        r"'Top1_Acc_Exp/eval_phase/test_stream/Task<t>/Exp<i>'\); streams with such keys: \['valid_stream'\]"
+    )
+    with pytest.raises(ValueError, match=message):
+        accuracy_matrix_from_avalanche(results, 2)

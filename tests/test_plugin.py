@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -260,6 +263,7 @@ def test_state_dict_round_trip_and_importance_subset():
         fresh.load_state_dict({"omega": {}})
 
 
+@pytest.mark.subprocess
 def test_checkpoint_round_trip_in_a_fresh_process(tmp_path):
     """Save after task 2 with Avalanche, load in a new process, finish: same weights as one run."""
     script = textwrap.dedent(
@@ -313,7 +317,12 @@ def test_checkpoint_round_trip_in_a_fresh_process(tmp_path):
     ckpt, whole, resumed = tmp_path / "ckpt.pkl", tmp_path / "whole.pt", tmp_path / "resumed.pt"
 
     def run(*args):
-        subprocess.run([sys.executable, str(tmp_path / "run.py"), *map(str, args)], check=True, timeout=300)
+        subprocess.run(
+            [sys.executable, str(tmp_path / "run.py"), *map(str, args)],
+            check=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
 
     run("whole", ckpt, whole)
     run("save", ckpt, "-")
@@ -628,3 +637,77 @@ def test_importance_samples_limits_the_inputs_the_pass_sees():
     finally:
         handle.remove()
     assert subset == 10 and whole == len(bench.train_stream[0].dataset) > 10
+
+
+# ------------------------------------------------------------ mutants that survived (docs/testing.md)
+def test_curvature_cap_bound_at_lam_one_and_without_lam():
+    plugin = SPPPlugin(lam=1.0, curvature_cap=0.5)
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.5)
+    assert plugin._cap_for(optimizer) == pytest.approx(0.5 * 1.5 / 0.1)  # c (1 + mu) / (eta lam)
+    assert SPPPlugin(lam=0.0, curvature_cap=0.5)._cap_for(optimizer) == math.inf
+
+
+def test_penalty_before_any_importance_is_a_zero_scalar_on_the_model_device():
+    plugin = SPPPlugin()
+    model = nn.Linear(3, 2).to("meta")
+    value = plugin.penalty(model)
+    assert value.shape == () and value.device.type == "meta"
+    without_parameters = plugin.penalty(nn.Identity())
+    assert without_parameters.shape == () and float(without_parameters) == 0.0
+
+
+def _trained_state(**kwargs) -> tuple[SPPPlugin, nn.Module]:
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    plugin = SPPPlugin(lam=0.5, **kwargs)
+    _strategy(model, [plugin], epochs=1).train(_stream().train_stream[0])
+    return plugin, model
+
+
+def test_load_state_dict_keeps_times_converts_beta_and_accepts_a_state_without_settings():
+    torch.manual_seed(0)
+    plugin, _ = _trained_state(normalize="softmax", beta=2.0)
+    state = plugin.state_dict()
+    assert len(state["importance_time_s"]) == 1
+    state["settings"]["beta"] = 3  # an int, as a hand-written state may hold
+    fresh = SPPPlugin()
+    fresh.load_state_dict(state)
+    assert fresh.importance_time_s == plugin.importance_time_s
+    assert fresh.beta == 3.0 and isinstance(fresh.beta, float)
+    bare = {k: v for k, v in state.items() if k not in ("settings", "importance_time_s")}
+    old = SPPPlugin(scale="raw")
+    old.load_state_dict(bare)  # a state without settings keeps the plugin's own settings
+    assert old.scale == "raw" and old.importance_time_s == [] and set(old.omega) == set(plugin.omega)
+
+
+def test_load_state_dict_refuses_non_tensors_and_negative_importance():
+    torch.manual_seed(0)
+    plugin, _ = _trained_state()
+    name = next(iter(plugin.omega))
+    for broken, message in (
+        ({"omega": {**plugin.omega, name: plugin.omega[name].tolist()}}, "must be tensors"),
+        ({"anchor": {**plugin.anchor, name: plugin.anchor[name].tolist()}}, "must be tensors"),
+        ({"omega": {**plugin.omega, name: plugin.omega[name] - 1.0}}, "negative, NaN or Inf"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            SPPPlugin().load_state_dict({**plugin.state_dict(), **broken})
+
+
+def test_a_loaded_state_replaces_the_terms_of_an_earlier_penalty():
+    torch.manual_seed(0)
+    plugin, model = _trained_state()
+    strategy = SimpleNamespace(model=model)
+    before = plugin._live_penalty_terms(strategy)[1][0].clone()  # builds and caches the terms
+    state = plugin.state_dict()
+    state["anchor"] = {n: a + 1.0 for n, a in state["anchor"].items()}
+    plugin.load_state_dict(state)
+    after = plugin._live_penalty_terms(strategy)[1][0]
+    torch.testing.assert_close(after, before + 1.0)
+
+
+def test_shard_sampler_refuses_a_rank_outside_the_world():
+    from avalanche_spp.plugin import ShardSampler
+
+    assert list(ShardSampler(10, rank=3, world_size=4)) == [3, 7]
+    for rank in (4, -1):
+        with pytest.raises(ValueError, match=r"rank must be in \[0, 4\)"):
+            ShardSampler(10, rank=rank, world_size=4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import platform
@@ -32,8 +33,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAN = float("nan")
 
 
-def _record(method, seed, *, acc, bwt=-0.1, fwt=None, smt=0.0025, total=10.0, strength=None,
-            benchmark="split_digits"):
+def _record(
+    method, seed, *, acc, bwt=-0.1, fwt=None, smt=0.0025, total=10.0, strength=None, benchmark="split_digits"
+):
     """A complete record whose metrics are given (summarize reads them, it does not recompute)."""
     p = [[0.9, None], [0.8, 0.7]]
     return {
@@ -66,8 +68,7 @@ def _records():
 
 def test_package_versions(monkeypatch):
     versions = package_versions()
-    assert list(versions) == ["python", "torch", "torchvision", "avalanche-lib", "numpy",
-                              "avalanche-spp"]
+    assert list(versions) == ["python", "torch", "torchvision", "avalanche-lib", "numpy", "avalanche-spp"]
     assert versions["python"] == platform.python_version()
     assert versions["numpy"] == np.__version__
     real_version = metadata.version
@@ -83,11 +84,21 @@ def test_package_versions(monkeypatch):
 
 def test_write_json_round_trip_and_conversions(tmp_path):
     path = tmp_path / "sub" / "run.json"  # the folder does not exist yet
-    obj = {"matrix": np.array([[0.5, NAN], [0.25, 1.0]]), "n": np.int64(3), "t": (1, 2),
-           "x": np.float32(0.5), "where": tmp_path}
+    obj = {
+        "matrix": np.array([[0.5, NAN], [0.25, 1.0]]),
+        "n": np.int64(3),
+        "t": (1, 2),
+        "x": np.float32(0.5),
+        "where": tmp_path,
+    }
     assert write_json(path, obj) == path
-    assert read_json(path) == {"matrix": [[0.5, None], [0.25, 1.0]], "n": 3, "t": [1, 2],
-                               "x": 0.5, "where": str(tmp_path)}
+    assert read_json(path) == {
+        "matrix": [[0.5, None], [0.25, 1.0]],
+        "n": 3,
+        "t": [1, 2],
+        "x": 0.5,
+        "where": str(tmp_path),
+    }
     assert "NaN" not in path.read_text()
 
 
@@ -110,9 +121,15 @@ def test_build_record_metrics_follow_the_matrix(tmp_path):
     p = np.array([[0.9, NAN, NAN], [0.8, 0.7, NAN], [0.6, 0.5, 0.8]])
     joint = [0.95, 0.75, 0.85]
     record = build_record(
-        method="spp", benchmark="split_digits", seed=3, strength=2.5, config={"epochs": 1},
-        accuracy_matrix=p, joint_accuracies=joint,
-        wall_time_s={"train": 1.0, "importance": 0.5, "total": 1.5}, versions={"python": "x"},
+        method="spp",
+        benchmark="split_digits",
+        seed=3,
+        strength=2.5,
+        config={"epochs": 1},
+        accuracy_matrix=p,
+        joint_accuracies=joint,
+        wall_time_s={"train": 1.0, "importance": 0.5, "total": 1.5},
+        versions={"python": "x"},
     )
     assert set(record) == set(report.RECORD_KEYS)
     assert record["accuracy_matrix"] == [[0.9, None, None], [0.8, 0.7, None], [0.6, 0.5, 0.8]]
@@ -121,11 +138,19 @@ def test_build_record_metrics_follow_the_matrix(tmp_path):
     assert record["metrics_after_each_task"]["acc"] == pytest.approx([0.9, 0.75, 1.9 / 3])
     write_json(tmp_path / "r.json", record)
     assert read_json(tmp_path / "r.json") == record
-    assert build_record(
-        method="finetune", benchmark="b", seed=0, strength=None, config={},
-        accuracy_matrix=p, joint_accuracies=None,
-        wall_time_s={"train": 1.0, "importance": 0.0, "total": 1.0},
-    )["versions"] == package_versions()
+    assert (
+        build_record(
+            method="finetune",
+            benchmark="b",
+            seed=0,
+            strength=None,
+            config={},
+            accuracy_matrix=p,
+            joint_accuracies=None,
+            wall_time_s={"train": 1.0, "importance": 0.0, "total": 1.0},
+        )["versions"]
+        == package_versions()
+    )
 
 
 def test_validate_record_errors():
@@ -158,15 +183,13 @@ def test_summarize_by_hand():
     assert spp["metrics"]["fwt"] == pytest.approx({"mean": -0.03, "std": math.sqrt(2e-4), "n": 2})
     assert spp["strengths"] == [10.0]
     # finetune ACC 0.6, 0.5: mean 0.55, std sqrt(2 * 0.05**2) = 0.0707...; FWT None everywhere
-    assert finetune["metrics"]["acc"] == pytest.approx({"mean": 0.55, "std": math.sqrt(0.005),
-                                                        "n": 2})
+    assert finetune["metrics"]["acc"] == pytest.approx({"mean": 0.55, "std": math.sqrt(0.005), "n": 2})
     assert finetune["metrics"]["fwt"] == {"mean": None, "std": None, "n": 0}
     assert finetune["strengths"] == [None]
     # one seed: std 0
     assert ewc["metrics"]["acc"] == {"mean": 0.75, "std": 0.0, "n": 1}
     # wall time total: finetune 10, 12 -> 11 (std sqrt(2)); spp 11, 13, 12 -> 12 (std 1)
-    assert finetune["wall_time_s"]["total"] == pytest.approx({"mean": 11.0, "std": math.sqrt(2),
-                                                              "n": 2})
+    assert finetune["wall_time_s"]["total"] == pytest.approx({"mean": 11.0, "std": math.sqrt(2), "n": 2})
     assert spp["wall_time_s"]["total"] == pytest.approx({"mean": 12.0, "std": 1.0, "n": 3})
     assert spp["wall_time_s"]["importance"]["mean"] == pytest.approx(1.2)
     assert finetune["x_finetune"] == pytest.approx(1.0)
@@ -189,10 +212,11 @@ def test_summarize_without_finetune_and_errors():
 def test_markdown_table():
     table = markdown_table(summarize(_records()))
     lines = table.splitlines()
-    assert lines[0] == ("| Method | strength | ACC (%) | BWT (%) | FWT (%) | SMT (%²) | "
-                        "wall time (s) | x finetune | n seeds |")
-    assert [line.split(" | ")[0] for line in lines[2:]] == ["| finetune", "| ewc", "| spp",
-                                                           "| my_method"]
+    assert lines[0] == (
+        "| Method | strength | ACC (%) | BWT (%) | FWT (%) | SMT (%²) | "
+        "wall time (s) | x finetune | n seeds |"
+    )
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| finetune", "| ewc", "| spp", "| my_method"]
     spp = lines[4]
     assert "| spp | 10 | 80.00 ± 10.00 |" in spp
     assert "| -3.00 ± 1.41 (n=2) |" in spp  # FWT on 2 of 3 seeds
@@ -215,8 +239,7 @@ def _sweep():
     return [
         {"lam": 100.0, "acc": 0.7, "bwt": -0.01, "fwt": -0.2},
         {"lam": 0.0, "acc": 0.6, "bwt": -0.3, "fwt": 0.0},
-        {"lam": 1.0, "acc": 0.8, "bwt": -0.1, "fwt": None, "acc_std": 0.01, "bwt_std": 0.02,
-         "fwt_std": None},
+        {"lam": 1.0, "acc": 0.8, "bwt": -0.1, "fwt": None, "acc_std": 0.01, "bwt_std": 0.02, "fwt_std": None},
     ]
 
 
@@ -261,11 +284,16 @@ def test_mean_matrix_over_seeds():
 def test_write_report_writes_every_promised_file(tmp_path):
     records = _records()
     out = tmp_path / "report"
-    path = write_report(out, records, title="Split digits, 1 epoch", sweep_rows=_sweep(),
-                        notes="Made by a test.", command="python -m benchmarks.run --seeds 3")
+    path = write_report(
+        out,
+        records,
+        title="Split digits, 1 epoch",
+        sweep_rows=_sweep(),
+        notes="Made by a test.",
+        command="python -m benchmarks.run --seeds 3",
+    )
     assert path == out / "report.md"
-    pngs = ["accuracy_over_tasks.png", "metrics_over_tasks.png", "accuracy_matrices.png",
-            "lambda_sweep.png"]
+    pngs = ["accuracy_over_tasks.png", "metrics_over_tasks.png", "accuracy_matrices.png", "lambda_sweep.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(pngs + ["report.md", "summary.json"])
     for name in pngs:
         assert _png(out / name), name
@@ -352,3 +380,72 @@ def test_fill_tables_regenerates_measured_tables_and_docs_are_in_sync(tmp_path):
     # the project's own documents hold the tables of the results kept in docs/results
     project_docs = [str(p) for p in (Path(__file__).parents[1] / "docs").glob("*.md")]
     assert docs_tables.main(["--check", *project_docs]) == 0
+
+
+# ------------------------------------------------------------ report.md against the run JSON files
+def _results_table(report_md: Path) -> dict[str, dict[str, str]]:
+    """The rows of report.md's results table, by method, as ``{column header: cell}``."""
+    lines = report_md.read_text().split("## Results", 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start:]))
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return float(np.mean(values)), std
+
+
+def _assert_report_matches_runs(folder: Path) -> None:
+    """Every number of the results table, recomputed from runs/*.json alone (not summary.json)."""
+    by_method: dict[str, list[dict]] = {}
+    for path in sorted((folder / "runs").glob("*.json")):
+        record = json.loads(path.read_text())
+        by_method.setdefault(record["method"], []).append(record)
+    table = _results_table(folder / "report.md")
+    assert set(table) == set(by_method)
+    columns = {
+        "ACC (%)": ("acc", 100),
+        "BWT (%)": ("bwt", 100),
+        "FWT (%)": ("fwt", 100),
+        "SMT (%²)": ("smt", 1e4),
+    }
+    for method, records in by_method.items():
+        row = table[method]
+        assert int(row["n seeds"]) == len(records), method
+        strengths = sorted({r["strength"] for r in records if r["strength"] is not None})
+        assert row["strength"] == (", ".join(f"{s:g}" for s in strengths) or "n/a"), method
+        for header, (key, scale) in columns.items():
+            values = [r["metrics"][key] * scale for r in records if r["metrics"][key] is not None]
+            if not values:
+                assert row[header] == "n/a", (method, header)
+                continue
+            mean, std = _mean_std(values)
+            shown = row[header].split(" (n=")[0]
+            assert shown == f"{mean:.2f} ± {std:.2f}", (method, header, shown, mean, std)
+        mean, std = _mean_std([r["wall_time_s"]["total"] for r in records])
+        assert row["wall time (s)"] == f"{mean:.1f} ± {std:.1f}", method
+
+
+def test_kept_report_numbers_equal_their_run_json_files():
+    folder = Path(__file__).resolve().parents[1] / "docs" / "results" / "split_digits"
+    _assert_report_matches_runs(folder)
+
+
+def test_a_fresh_run_writes_the_numbers_of_its_run_json_files_into_report_md(tmp_path):
+    from benchmarks import run as run_cli
+
+    out = tmp_path / "run"
+    argv = ["--methods", "finetune,spp,joint", "--seeds", "2", "--epochs", "1", "--no-tune", "--quiet",
+            "--threads", "1", "--out", str(out)]  # fmt: skip
+    assert run_cli.main(argv) == 0
+    _assert_report_matches_runs(out)
+    # the check can fail: one changed number in a run file is a mismatch
+    path = out / "runs" / "spp_seed1.json"
+    record = json.loads(path.read_text())
+    record["metrics"]["acc"] -= 0.01
+    path.write_text(json.dumps(record))
+    with pytest.raises(AssertionError):
+        _assert_report_matches_runs(out)

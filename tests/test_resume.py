@@ -110,6 +110,7 @@ def _spawn(module: str, argv: list[str]) -> subprocess.Popen:
     )
 
 
+@pytest.mark.subprocess
 def test_benchmark_run_killed_by_sigkill_resumes_to_the_same_numbers(tmp_path):
     def argv(out: Path) -> list[str]:
         return [
@@ -131,6 +132,7 @@ def test_benchmark_run_killed_by_sigkill_resumes_to_the_same_numbers(tmp_path):
     assert not list((killed / "checkpoints").glob("*.pt"))
 
 
+@pytest.mark.subprocess
 def test_vae_run_killed_by_sigkill_resumes_bit_identically(tmp_path):
     data = tmp_path / "data"
     write_celeba(data)
@@ -155,3 +157,61 @@ def test_vae_run_killed_by_sigkill_resumes_bit_identically(tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     metrics = [json.loads((root / "metrics.json").read_text())["runs"] for root in (full, killed)]
     assert metrics[0] == metrics[1]  # distances and reconstruction errors of every run, exactly
+
+
+def _tiny_strategy(lam: float = 1.0):
+    from avalanche.training import Naive
+
+    from avalanche_spp import SPPPlugin
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    return Naive(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        criterion=torch.nn.CrossEntropyLoss(), plugins=[SPPPlugin(lam=lam)], evaluator=None,
+    )  # fmt: skip
+
+
+def test_run_checkpoint_round_trips_progress_weights_and_every_random_state(tmp_path):
+    import random
+
+    from avalanche_spp.checkpoint import PROGRESS_KEYS, load_run_checkpoint, save_run_checkpoint
+
+    strategy = _tiny_strategy()
+    with torch.no_grad():
+        strategy.model.weight.fill_(0.25)
+    progress = {key: f"value of {key}" for key in PROGRESS_KEYS} | {"next_task": 3}
+    path = tmp_path / "sub" / "run.pt"
+    torch.manual_seed(7)
+    np.random.seed(7)
+    random.seed(7)
+    save_run_checkpoint(strategy, path, progress)
+    assert path.is_file() and not list(tmp_path.rglob("*.tmp")) and not hasattr(strategy, "run_progress")
+    drawn = (torch.rand(3), np.random.rand(3), random.random())  # what comes next after the save
+    torch.manual_seed(99)
+    np.random.seed(99)
+    random.seed(99)
+    fresh = _tiny_strategy()
+    restored, saved = load_run_checkpoint(fresh, path, progress["fingerprint"])
+    assert saved == progress  # every progress entry, and nothing else (the RNG states are consumed)
+    assert torch.equal(restored.model.weight, torch.full((2, 3), 0.25))
+    assert torch.equal(torch.rand(3), drawn[0])
+    np.testing.assert_array_equal(np.random.rand(3), drawn[1])
+    assert random.random() == drawn[2]
+    assert not hasattr(restored, "run_progress")
+    with pytest.raises(ValueError, match=r"needs progress keys \['matrix'\]"):
+        save_run_checkpoint(strategy, path, {k: v for k, v in progress.items() if k != "matrix"})
+
+
+def test_run_checkpoint_of_another_run_names_what_differs(tmp_path):
+    from avalanche_spp.checkpoint import PROGRESS_KEYS, load_run_checkpoint, save_run_checkpoint
+
+    path = tmp_path / "run.pt"
+    fingerprint = {"seed": 0, "strength": 1.0, "method": "spp"}
+    save_run_checkpoint(_tiny_strategy(), path, dict.fromkeys(PROGRESS_KEYS) | {"fingerprint": fingerprint})
+    with pytest.raises(CheckpointMismatchError, match=r"differs in \['extra', 'seed'\]"):
+        load_run_checkpoint(_tiny_strategy(), path, fingerprint | {"seed": 1, "extra": 2})
+    missing = tmp_path / "none.pt"
+    missing.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointMismatchError, match="cannot be read"):
+        load_run_checkpoint(_tiny_strategy(), missing, fingerprint)

@@ -1,4 +1,4 @@
-"""Split digits, multi-head MLP, 3 seeds: SPP ends with a higher ACC and forgets less than Naive.
+"""SPP ends with a higher ACC and forgets less than Naive: split and permuted digits (MLP), and a CNN.
 
 The budget is one at which Naive really forgets (a 256-128 MLP, SGD lr 0.1 with momentum 0.9,
 5 epochs per task; at lr 0.01 or with a 32-unit MLP split digits is so easy that Naive hardly
@@ -16,13 +16,14 @@ import torch
 from avalanche_spp import SPPPlugin
 from avalanche_spp.baselines import TrainConfig
 from avalanche_spp.experiment import run_method, tune_strength
+from avalanche_spp.metrics import all_metrics
 
 CONFIG = TrainConfig(epochs=5, lr=0.1, momentum=0.9, hidden=(256, 128))
 
 
-def _mean_metrics(method: str, strength: float | None) -> dict[str, float]:
+def _mean_metrics(method: str, strength: float | None, benchmark: str = "split_digits") -> dict[str, float]:
     metrics = [
-        run_method(method, benchmark="split_digits", seed=seed, train=CONFIG, strength=strength)["metrics"]
+        run_method(method, benchmark=benchmark, seed=seed, train=CONFIG, strength=strength)["metrics"]
         for seed in (0, 1, 2)
     ]
     return {key: float(np.mean([m[key] for m in metrics])) for key in ("acc", "bwt")}
@@ -48,3 +49,86 @@ def test_spp_beats_naive_on_split_digits_over_three_seeds():
     report["default"] = default
     assert abs(default["bwt"]) <= abs(naive["bwt"]) / 2, report
     assert default["acc"] >= naive["acc"], report
+
+
+def test_default_spp_halves_forgetting_on_permuted_digits():
+    """A second stream, where every task shares all ten classes: SPPPlugin() with no argument."""
+    torch.set_num_threads(1)
+    naive, default = (
+        _mean_metrics("finetune", None, "permuted_digits"),
+        _mean_metrics("spp", None, "permuted_digits"),
+    )
+    report = {"naive": naive, "default": default}  # measured: naive 77.3 / -23.0, default 87.5 / -5.1
+    assert naive["bwt"] < -0.1, report
+    assert abs(default["bwt"]) <= abs(naive["bwt"]) / 2, report
+    assert default["acc"] > naive["acc"] + 0.05, report
+
+
+# ----------------------------------------------------------------------------- a CNN stream
+def _digit_images(n_tasks: int = 5):
+    """Split digits as 3x8x8 images (task t: digits 2t, 2t+1), 1,200 train / 597 test, task labels."""
+    from avalanche.benchmarks import nc_benchmark
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as tensors
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images / 16.0, dtype=torch.float32)[:, None].expand(-1, 3, -1, -1).contiguous()
+    y = torch.tensor(digits.target)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    train, test = order[:1200], order[1200:]
+    return nc_benchmark(
+        tensors(x[train], y[train]), tensors(x[test], y[test]), n_experiences=n_tasks, task_labels=True,
+        seed=0, fixed_class_order=list(range(10)), class_ids_from_zero_in_each_exp=True,
+    )  # fmt: skip
+
+
+def _cnn_run(plugins, seed: int) -> np.ndarray:
+    """A narrow VGG-9 (the paper's trunk, fewer channels), one head per task; returns P[j][i]."""
+    import functools
+
+    from avalanche.training import Naive
+
+    from avalanche_spp.cnn import MultiHeadCNN, TaskHeads
+    from avalanche_spp.trunks import VGG9Features, _linear_head
+
+    torch.manual_seed(seed)
+    stream = _digit_images()
+    trunk = VGG9Features((3, 8, 8), dropout=0.0, channels=(16, 16, 32, 32, 64, 64), hidden=128)
+    model = MultiHeadCNN(trunk, TaskHeads(functools.partial(_linear_head, 128), initial_classes=2))
+    strategy = Naive(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+        criterion=torch.nn.CrossEntropyLoss(), train_mb_size=32, train_epochs=3, plugins=plugins,
+        evaluator=None,
+    )  # fmt: skip
+    n = len(stream.train_stream)
+    matrix = np.zeros((n, n))
+    for j, experience in enumerate(stream.train_stream):
+        strategy.train(experience)
+        model.eval()
+        with torch.no_grad():
+            for i in range(j + 1):
+                data = stream.test_stream[i].dataset
+                x = torch.stack([data[k][0] for k in range(len(data))])
+                y = torch.tensor([data[k][1] for k in range(len(data))])
+                matrix[j, i] = (model.forward_single_task(x, i).argmax(1) == y).float().mean().item()
+    return matrix
+
+
+def test_spp_halves_the_forgetting_of_a_vgg9():
+    """The CNN the paper uses, on 8x8 digit images, 3 seeds: SPP (lam 10) against Naive.
+
+    Measured (seeds 0-2): Naive ACC 83.4 / BWT -19.5; SPP lam 10 91.9 / -8.4. At this budget the
+    default lam 1 gives 83.9 / -16.4 (this test's helpers, same seeds): on this CNN the default
+    does not halve forgetting (issue 11), so this test names its strength.
+    """
+    torch.set_num_threads(1)
+    results = {}
+    for name, plugins in (("naive", lambda: []), ("spp", lambda: [SPPPlugin(lam=10.0)])):
+        matrices = [_cnn_run(plugins(), seed) for seed in (0, 1, 2)]
+        results[name] = {
+            "acc": float(np.mean([all_metrics(m)["acc"] for m in matrices])),
+            "bwt": float(np.mean([all_metrics(m)["bwt"] for m in matrices])),
+        }
+    assert results["naive"]["bwt"] < -0.1, results  # Naive does forget
+    assert abs(results["spp"]["bwt"]) <= abs(results["naive"]["bwt"]) / 2, results
+    assert results["spp"]["acc"] > results["naive"]["acc"] + 0.03, results
