@@ -1,6 +1,7 @@
 """avalanche-spp: Soft Parameter Pruning (Peng et al., arXiv 1812.01640) for continual learning.
 
-``import avalanche_spp.importance`` needs plain PyTorch only. ``SPPPlugin`` (which needs Avalanche)
+``avalanche_spp.importance`` (the importance) and ``avalanche_spp.penalty`` (the penalty) need plain
+PyTorch only; ``avalanche_spp.metrics`` needs numpy only. ``SPPPlugin`` (which needs Avalanche)
 is imported lazily on first access, so the math stays usable without Avalanche installed.
 """
 
@@ -12,7 +13,8 @@ __version__ = "0.1.0"
 __all__ = ["SPPPlugin", "entropy_importance", "spp_penalty", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from avalanche_spp.importance import entropy_importance, spp_penalty
+    from avalanche_spp.importance import entropy_importance
+    from avalanche_spp.penalty import spp_penalty
     from avalanche_spp.plugin import SPPPlugin
 
 
@@ -21,8 +23,12 @@ def __getattr__(name: str) -> Any:
         from avalanche_spp.plugin import SPPPlugin
 
         return SPPPlugin
-    if name in ("entropy_importance", "spp_penalty"):
-        from avalanche_spp import importance
+    if name == "entropy_importance":
+        from avalanche_spp.importance import entropy_importance
 
-        return getattr(importance, name)
+        return entropy_importance
+    if name == "spp_penalty":
+        from avalanche_spp.penalty import spp_penalty
+
+        return spp_penalty
     raise AttributeError(f"module 'avalanche_spp' has no attribute {name!r}")

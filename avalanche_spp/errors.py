@@ -1,7 +1,7 @@
 """Errors shared by the data and model modules of avalanche-spp.
 
 Kept in a module of its own (no imports from the rest of the package) so that
-:mod:`avalanche_spp.benchmarks` and :mod:`avalanche_spp.image_data` can both raise and catch the
+:mod:`benchmarks.streams` and :mod:`benchmarks.image_data` can both raise and catch the
 same class without importing each other.
 """
 

@@ -71,9 +71,7 @@ def _checked(values: np.ndarray, names: list[str], what: str) -> np.ndarray:
         hint = ""
         if any(np.isfinite(v) and 1.0 < v <= 100.0 for v in values.tolist()):
             hint = " (values above 1 look like percentages: divide by 100)"
-        raise ValueError(
-            f"{what} needs finite accuracies as fractions in [0, 1]; got {', '.join(bad)}{hint}"
-        )
+        raise ValueError(f"{what} needs finite accuracies as fractions in [0, 1]; got {', '.join(bad)}{hint}")
     return values
 
 
@@ -206,9 +204,7 @@ def stability(accuracy_matrix: ArrayLike) -> float | None:
         return None
     variances = []
     for j in range(t - 1):
-        column = _checked(
-            matrix[j:, j].copy(), [f"P[{k}][{j}]" for k in range(j, t)], "stability (SMT)"
-        )
+        column = _checked(matrix[j:, j].copy(), [f"P[{k}][{j}]" for k in range(j, t)], "stability (SMT)")
         variances.append(np.var(column))  # population variance, ddof=0
     return float(np.mean(variances))
 
@@ -260,9 +256,7 @@ def metrics_after_each_task(
     return out
 
 
-_EXP_KEY = re.compile(
-    r"^Top1_Acc_Exp/eval_phase/(?P<stream>[^/]+)/Task(?P<task>\d+)/Exp(?P<exp>\d+)$"
-)
+_EXP_KEY = re.compile(r"^Top1_Acc_Exp/eval_phase/(?P<stream>[^/]+)/Task(?P<task>\d+)/Exp(?P<exp>\d+)$")
 
 
 def accuracy_matrix_from_avalanche(
@@ -291,9 +285,7 @@ def accuracy_matrix_from_avalanche(
             than ``n_tasks`` (e.g. evaluation was not run exactly once after each task).
     """
     if isinstance(n_tasks, bool) or not isinstance(n_tasks, int | np.integer) or n_tasks < 1:
-        raise ValueError(
-            f"n_tasks must be a positive int (the number of experiences); got {n_tasks!r}"
-        )
+        raise ValueError(f"n_tasks must be a positive int (the number of experiences); got {n_tasks!r}")
     found: dict[int, str] = {}
     for key in all_metrics:
         match = _EXP_KEY.match(str(key))
@@ -308,9 +300,7 @@ def accuracy_matrix_from_avalanche(
     expected = f"Top1_Acc_Exp/eval_phase/{stream}/Task<t>/Exp<i>"
     missing = [i for i in range(n_tasks) if i not in found]
     if missing:
-        streams = sorted(
-            {m["stream"] for m in map(_EXP_KEY.match, map(str, all_metrics)) if m is not None}
-        )
+        streams = sorted({m["stream"] for m in map(_EXP_KEY.match, map(str, all_metrics)) if m is not None})
         raise ValueError(
             f"no per-experience accuracy for experience(s) {missing} of {stream!r} (keys like "
             f"{expected!r}); streams with such keys: {streams}. Add accuracy_metrics(experience=True) "

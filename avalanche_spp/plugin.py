@@ -25,6 +25,8 @@ from avalanche.training.plugins import SupervisedPlugin
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
+from avalanche_spp._model_parts import _forward_for, _grow_to, _leaves_reached, _only
+from avalanche_spp.distributed import _all_reduce_if_distributed, _distributed_sampler, _unwrap
 from avalanche_spp.importance import (
     CLAMPS,
     DEFAULT_CLAMP,
@@ -36,14 +38,11 @@ from avalanche_spp.importance import (
     NORMALIZATIONS,
     SCALES,
     TAYLOR_OF,
-    add_spp_penalty_grad_,
     check_choice,
     entropy_importance,
-    mean_importance,
-    scaled_importance,
-    spp_penalty,
     trainable_parameters,
 )
+from avalanche_spp.penalty import add_spp_penalty_grad_, mean_importance, scaled_importance, spp_penalty
 
 log = logging.getLogger(__name__)
 
@@ -460,27 +459,6 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                 yield x[task_labels == task], int(task)
 
 
-def _only(*terms: list, keep: list[bool]) -> tuple[list, ...]:
-    """The entries of each parallel list ``terms`` where ``keep`` is true."""
-    return tuple([t for t, k in zip(term, keep, strict=True) if k] for term in terms)
-
-
-def _leaves_reached(loss: Tensor) -> set:
-    """The leaf tensors (parameters) that ``loss``'s autograd graph reaches."""
-    leaves, seen = set(), set()
-    stack = [loss.grad_fn] if loss.grad_fn is not None else []
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)
-        if variable is not None:
-            leaves.add(variable)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return leaves
-
-
 def _check_not_empty(strategy: Any, dataset: Any) -> None:
     if dataset is not None and len(dataset) == 0:
         number = getattr(strategy.experience, "current_experience", "?")
@@ -488,95 +466,6 @@ def _check_not_empty(strategy: Any, dataset: Any) -> None:
             f"SPPPlugin: experience {number} has no training sample, so SPP cannot measure its "
             "importance; drop empty experiences from the stream"
         )
-
-
-def _forward_for(model: nn.Module):
-    if is_multi_task_module(model):
-        return _forward_single_task
-    return None
-
-
-def _forward_single_task(model: nn.Module, x: Tensor, task: int) -> Tensor:
-    # An int task label takes MultiTaskModule's single-task path: that head's own logits, with no
-    # zero padding to the widest head (models such as MTSimpleMLP route it to their classifier).
-    return model(x, task)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a ``DistributedDataParallel`` (or ``DataParallel``) wrapper."""
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _all_reduce_if_distributed():
-    if not _distributed() or torch.distributed.get_world_size() == 1:
-        return None
-
-    def all_reduce(tensor: Tensor) -> None:
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-
-    return all_reduce
-
-
-def _distributed_sampler(dataset: Any):
-    if not _distributed() or torch.distributed.get_world_size() == 1:
-        return None
-    return ShardSampler(len(dataset), torch.distributed.get_rank(), torch.distributed.get_world_size())
-
-
-class ShardSampler(torch.utils.data.Sampler):
-    """Rank ``r`` of ``w`` takes samples ``r, r + w, r + 2w, ...``: disjoint shards, no padding.
-
-    ``DistributedSampler`` pads the last shards by repeating samples, so their importance would be
-    counted twice; here every sample is measured exactly once across the ranks, so the summed
-    statistics are exact for any data size.
-    """
-
-    def __init__(self, size: int, rank: int, world_size: int) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        self.indices = range(rank, size, world_size)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _grow_to(tensor: Tensor, shape: torch.Size, name: str, *, what: str) -> Tensor:
-    """Zero-pad ``tensor`` to ``shape`` along dim 0 (new output units); refuse any other change.
-
-    Only the first dimension may grow: new rows of a weight ``(out, in, ...)`` or new entries of a
-    bias are new output units, which nothing learned before depends on. A grown input (or kernel)
-    dimension would put zero importance on weights that read new inputs of *old* units, and the
-    old weights would no longer line up with the inputs they were measured on.
-    """
-    if tensor.shape == shape:
-        return tensor
-    same_rank = tensor.dim() == len(shape)
-    if same_rank and tensor.dim() > 1 and tuple(tensor.shape[1:]) != tuple(shape[1:]):
-        raise ValueError(
-            f"parameter {name!r} changed shape from {tuple(tensor.shape)} to {tuple(shape)}: only "
-            f"its first (output) dimension may grow, but dimension(s) "
-            f"{[d for d in range(1, len(shape)) if tensor.shape[d] != shape[d]]} (inputs) changed. "
-            f"SPP's stored {what} cannot follow a layer whose inputs changed: reset the plugin or "
-            "keep the input size fixed between experiences."
-        )
-    if not same_rank or tensor.shape[0] > shape[0]:
-        raise ValueError(
-            f"parameter {name!r} changed shape from {tuple(tensor.shape)} to {tuple(shape)}: SPP's "
-            f"stored {what} only follows layers that grow (new output units). Reset the plugin or "
-            "keep the architecture fixed between experiences."
-        )
-    grown = tensor.new_zeros(shape)
-    grown[tuple(slice(0, size) for size in tensor.shape)] = tensor
-    return grown
 
 
 def _check_strength(lam: Any) -> float:

@@ -7,7 +7,7 @@
 Reads the records and the tensors saved after each task (``--save-tensors``), measures EWC, MAS and
 SPP importance on the same trained model, compares first- and last-task importance per layer
 (Frechet distance), the importance-weighted parameter change, and draws importance / change
-heatmaps (see :mod:`avalanche_spp.analysis`). Writes ``analysis.md``, ``analysis.json`` (every
+heatmaps (see :mod:`benchmarks.analysis`). Writes ``analysis.md``, ``analysis.json`` (every
 number, and this command's settings) and the PNGs into ``--out``.
 """
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from avalanche_spp.analysis import DEFAULT_METHODS, FISHER_LABELS, NEAR_ZERO, analyze_run, write_analysis
-from avalanche_spp.benchmarks import DatasetNotFoundError
+from benchmarks.analysis import DEFAULT_METHODS, FISHER_LABELS, NEAR_ZERO, analyze_run, write_analysis
+from benchmarks.streams import DatasetNotFoundError
 
 log = logging.getLogger("benchmarks.analyze")
 

@@ -5,7 +5,7 @@
 
 Blocks ``<!-- summary: DIR -->`` ... ``<!-- end -->`` get the results table of the comparison
 in ``DIR`` (relative to the document), blocks ``<!-- include: FILE -->`` ... ``<!-- end -->`` the
-text of ``FILE`` (see :func:`avalanche_spp.report.fill_tables`).
+text of ``FILE`` (see :func:`benchmarks.report.fill_tables`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from avalanche_spp.report import fill_tables
+from benchmarks.report import fill_tables
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,8 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from avalanche_spp.importance import add_spp_penalty_grad_, entropy_importance
-from avalanche_spp.trunks import VGG9Features, _hidden_head, _linear_head, resnet18_features
+from avalanche_spp.importance import entropy_importance
+from avalanche_spp.penalty import add_spp_penalty_grad_
+from benchmarks.trunks import VGG9Features, _hidden_head, _linear_head, resnet18_features
 
 # No Avalanche import here: the script also runs on machines that only have PyTorch (a GPU box).
 

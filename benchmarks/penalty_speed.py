@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from avalanche_spp.importance import add_spp_penalty_grad_, entropy_importance, spp_penalty
-from avalanche_spp.report import package_versions, write_json
+from avalanche_spp.importance import entropy_importance
+from avalanche_spp.penalty import add_spp_penalty_grad_, spp_penalty
+from benchmarks.report import package_versions, write_json
 
 
 @dataclass(frozen=True)

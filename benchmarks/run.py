@@ -27,15 +27,7 @@ from typing import Any
 
 import torch
 
-from avalanche_spp.baselines import METHODS, STRENGTH_GRIDS, STRENGTH_NAMES, TrainConfig
-from avalanche_spp.benchmarks import (
-    DatasetNotFoundError,
-    available_benchmarks,
-    benchmark_info,
-    check_benchmark_options,
-)
 from avalanche_spp.errors import CheckpointMismatchError, DatasetCorruptError
-from avalanche_spp.experiment import TensorSaver, run_method, tune_strength
 from avalanche_spp.importance import (
     DEFAULT_CLAMP,
     DEFAULT_FISHER,
@@ -45,7 +37,15 @@ from avalanche_spp.importance import (
     TAYLOR_OF,
     DivergedError,
 )
-from avalanche_spp.report import markdown_table, read_json, summarize, write_json, write_report
+from benchmarks.baselines import METHODS, STRENGTH_GRIDS, STRENGTH_NAMES, TrainConfig
+from benchmarks.experiment import TensorSaver, run_method, tune_strength
+from benchmarks.report import markdown_table, read_json, summarize, write_json, write_report
+from benchmarks.streams import (
+    DatasetNotFoundError,
+    available_benchmarks,
+    benchmark_info,
+    check_benchmark_options,
+)
 
 log = logging.getLogger("benchmarks.run")
 
@@ -142,7 +142,8 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
-        description="Compare SPP with SGD, SGD-F, fine-tuning, EWC, SI, MAS, LwF and joint training.",
+        description="Compare SPP with SGD, SGD-F, fine-tuning, EWC, SI, MAS, LwF and joint training. "
+        "With no option: the README's Quickstart comparison (" + " ".join(QUICKSTART_ARGS) + ").",
     )
     parser.add_argument("--benchmark", help=f"one of {available_benchmarks()} (default split_digits)")
     parser.add_argument("--methods", help="'all' or a comma list of " + ",".join(METHODS))
@@ -389,7 +390,19 @@ CLI_ERRORS = (
 )  # fmt: skip
 
 
+#: ``python -m benchmarks.run`` with no option runs the README's Quickstart comparison: split digits,
+#: all nine methods, one seed, strengths tuned on validation, into runs/quickstart (overwritten).
+QUICKSTART_ARGS = (
+    "--benchmark", "split_digits", "--methods", "all", "--seeds", "1", "--lr", "0.1",
+    "--hidden", "256,128", "--out", "runs/quickstart", "--force",
+)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = list(QUICKSTART_ARGS)
+        print("no option: the Quickstart comparison, python -m benchmarks.run " + " ".join(argv), flush=True)
     config = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if config.quiet else logging.INFO, format="%(message)s")
     if config.threads is not None:
@@ -404,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLI_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in argv)
     sweep_rows = _sweep_rows(out, "spp")
     report = write_report(
         out,

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from avalanche_spp.baselines import TrainConfig
-from avalanche_spp.experiment import run_method
-from avalanche_spp.report import write_json
+from benchmarks.baselines import TrainConfig
+from benchmarks.experiment import run_method
+from benchmarks.report import write_json
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avalanche_spp.baselines import STRENGTH_NAMES, TrainConfig
-from avalanche_spp.benchmarks import DatasetNotFoundError, available_benchmarks, check_benchmark_options
 from avalanche_spp.errors import DatasetCorruptError
-from avalanche_spp.experiment import run_method
 from avalanche_spp.importance import DivergedError
-from avalanche_spp.report import plot_lambda_sweep, read_json, write_json
+from benchmarks.baselines import STRENGTH_NAMES, TrainConfig
+from benchmarks.experiment import run_method
+from benchmarks.report import plot_lambda_sweep, read_json, write_json
+from benchmarks.streams import DatasetNotFoundError, available_benchmarks, check_benchmark_options
 
 log = logging.getLogger("benchmarks.sweep")
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from avalanche_spp.report import variant_row, variant_table, write_json
+from benchmarks.report import variant_row, variant_table, write_json
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -269,7 +270,7 @@ def train_fallback_extractor(
             for x, y in tqdm(
                 loader,
                 desc=f"fallback features {epoch + 1}/{epochs}",
-                disable=not progress,
+                disable=not (progress and sys.stderr.isatty()),
                 leave=False,
             ):
                 x, y = x.to(device), y.to(device)

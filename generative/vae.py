@@ -29,6 +29,7 @@ the pixels gets a large ``Omega``.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,10 +46,8 @@ from avalanche_spp.importance import (
     DEFAULT_TAYLOR_OF,
     bernoulli_entropy,
     entropy_importance,
-    mean_importance,
-    scaled_importance,
-    spp_penalty,
 )
+from avalanche_spp.penalty import mean_importance, scaled_importance, spp_penalty
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +373,7 @@ def train_epoch(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    for x in tqdm(loader, desc=description, disable=not progress, leave=False):
+    for x in tqdm(loader, desc=description, disable=not (progress and sys.stderr.isatty()), leave=False):
         x = x.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits, mu, logvar = model(x, task)

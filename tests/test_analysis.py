@@ -1,4 +1,4 @@
-"""Tests of avalanche_spp.analysis and benchmarks.analyze: numbers by hand, and every promised file."""
+"""Tests of benchmarks.analysis and benchmarks.analyze: numbers by hand, and every promised file."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from avalanche_spp import analysis
-from avalanche_spp.analysis import (
+from benchmarks import analysis
+from benchmarks.analysis import (
     OUTPUT_FILES,
     change_by_importance,
     fisher_importance,
@@ -219,11 +219,11 @@ def _fake_run(run_dir):
     from avalanche.models.dynamic_modules import avalanche_model_adaptation
 
     from avalanche_spp import importance
-    from avalanche_spp.baselines import uses_multi_head
-    from avalanche_spp.benchmarks import benchmark_info, make_benchmark
     from avalanche_spp.importance import entropy_importance
-    from avalanche_spp.models import make_model
-    from avalanche_spp.report import build_record, write_json
+    from benchmarks.baselines import uses_multi_head
+    from benchmarks.models import make_model
+    from benchmarks.report import build_record, write_json
+    from benchmarks.streams import benchmark_info, make_benchmark
 
     stream = make_benchmark("permuted_digits", split="test", seed=0, n_tasks=N_TASKS, **BENCHMARK_OPTIONS)
     info = benchmark_info("permuted_digits", n_tasks=N_TASKS)

@@ -10,7 +10,8 @@ from avalanche.training import JointTraining, Naive
 from avalanche.training.plugins import EWCPlugin, LwFPlugin, MASPlugin, SynapticIntelligencePlugin
 
 from avalanche_spp import SPPPlugin
-from avalanche_spp.baselines import (
+from benchmarks import run as run_cli
+from benchmarks.baselines import (
     METHODS,
     STRENGTH_GRIDS,
     CopyingSynapticIntelligencePlugin,
@@ -20,9 +21,8 @@ from avalanche_spp.baselines import (
     default_strength,
     uses_multi_head,
 )
-from avalanche_spp.benchmarks import benchmark_info, make_benchmark
-from avalanche_spp.models import MultiHeadMLP, SingleHeadMLP, make_model
-from benchmarks import run as run_cli
+from benchmarks.models import MultiHeadMLP, SingleHeadMLP, make_model
+from benchmarks.streams import benchmark_info, make_benchmark
 
 torch.set_num_threads(1)
 PLUGIN = {

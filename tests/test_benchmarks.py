@@ -1,4 +1,4 @@
-"""Tests of avalanche_spp.benchmarks: registry, splits, seeds, permutations, offline data."""
+"""Tests of benchmarks.streams: registry, splits, seeds, permutations, offline data."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torchvision
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader
 
-from avalanche_spp import benchmarks
-from avalanche_spp.benchmarks import (
+from benchmarks import streams
+from benchmarks.streams import (
     MNIST_FILES,
     BenchmarkInfo,
     DatasetNotFoundError,
@@ -125,8 +125,8 @@ def test_image_size_resizes_the_input_shape_of_image_benchmarks_only():
 
 def test_image_code_is_imported_only_when_an_image_benchmark_is_built(monkeypatch):
     # A None entry in sys.modules makes any import of that module raise ImportError.
-    monkeypatch.setitem(sys.modules, "avalanche_spp.image_data", None)
-    monkeypatch.setitem(sys.modules, "avalanche_spp.cnn", None)
+    monkeypatch.setitem(sys.modules, "benchmarks.image_data", None)
+    monkeypatch.setitem(sys.modules, "benchmarks.cnn", None)
     infos = [benchmark_info(name) for name in available_benchmarks()]
     assert {info.model_family for info in infos} == {"mlp", "vgg9", "resnet18"}
     assert len(make_benchmark("split_digits", n_tasks=1).train_stream) == 1
@@ -141,7 +141,7 @@ def test_image_benchmarks_are_built_by_image_data_build(monkeypatch, tmp_path):
         calls.append((name, kwargs))
         return "built"
 
-    monkeypatch.setitem(sys.modules, "avalanche_spp.image_data", SimpleNamespace(build=build))
+    monkeypatch.setitem(sys.modules, "benchmarks.image_data", SimpleNamespace(build=build))
     result = make_benchmark(
         "split_cifar100",
         split="validation",
@@ -333,7 +333,7 @@ def test_permuted_digits_permutations_differ_and_keep_pixels(digits_original):
 
 
 @pytest.mark.skipif(
-    not all((benchmarks.DEBIAN_FASHION_MNIST_DIR / f"{n}.gz").is_file() for n in MNIST_FILES),
+    not all((streams.DEBIAN_FASHION_MNIST_DIR / f"{n}.gz").is_file() for n in MNIST_FILES),
     reason="Debian's dataset-fashion-mnist package is not installed",
 )
 def test_split_fmnist_imports_debian_files(tmp_path):
@@ -346,7 +346,7 @@ def test_split_fmnist_imports_debian_files(tmp_path):
         "t10k-images-idx3-ubyte": 16 + 10000 * 784,
         "t10k-labels-idx1-ubyte": 8 + 10000,
     }
-    with gzip.open(benchmarks.DEBIAN_FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz") as f:
+    with gzip.open(streams.DEBIAN_FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz") as f:
         assert (raw / "t10k-labels-idx1-ubyte").read_bytes() == f.read()
     train = stream_arrays(bench.train_stream)
     test = stream_arrays(bench.test_stream)
@@ -363,7 +363,7 @@ def test_split_fmnist_imports_debian_files(tmp_path):
 
 
 def test_fmnist_without_files_or_debian_package_says_how_to_get_them(tmp_path, monkeypatch):
-    monkeypatch.setattr(benchmarks, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(streams, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
     with pytest.raises(DatasetNotFoundError) as err:
         make_benchmark("split_fmnist", data_root=tmp_path, download=False)
     message = str(err.value)

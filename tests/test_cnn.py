@@ -1,4 +1,4 @@
-"""Tests of avalanche_spp.cnn: VGG-9 and ResNet-18 with per-task heads, and freeze_features."""
+"""Tests of benchmarks.cnn: VGG-9 and ResNet-18 with per-task heads, and freeze_features."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from avalanche.models import MultiTaskModule
 from avalanche.models.dynamic_modules import avalanche_model_adaptation
 from torch import nn
 
-from avalanche_spp.cnn import (
+from benchmarks.cnn import (
     PAD_VALUE,
     MultiHeadCNN,
     SingleHeadCNN,
@@ -300,7 +300,7 @@ def test_sgd_f_strategy_keeps_the_bn_running_statistics_after_the_first_task():
     from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
     from torch.utils.data import TensorDataset
 
-    from avalanche_spp.baselines import TrainConfig, build_strategy
+    from benchmarks.baselines import TrainConfig, build_strategy
 
     def task(t):  # inputs far from N(0, 1), different per task: the statistics would move
         data = TensorDataset(torch.rand(16, 3, 8, 8) * (3 + 2 * t) + t, torch.arange(16) % 2)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from standins import write_caltech101, write_cifar100, write_five_datasets
 
-from avalanche_spp import image_data
+from benchmarks import image_data
 from benchmarks import run as run_cli
 
 # (benchmark, stand-in writer, extra flags, methods, tasks, input shape the model is built for)

@@ -11,8 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from avalanche_spp import SPPPlugin
-from avalanche_spp.benchmarks import benchmark_info, make_benchmark
-from avalanche_spp.models import make_model
+from benchmarks.models import make_model
+from benchmarks.streams import benchmark_info, make_benchmark
 
 # A clamp whose Omega is a sum over samples, so the ranks' shards add up to the whole exactly
 # ("batch" clamps each importance mini-batch, and the ranks' mini-batches are other mini-batches;

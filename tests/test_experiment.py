@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avalanche_spp.baselines import TrainConfig
-from avalanche_spp.experiment import importance_summary, run_method, tune_strength
 from avalanche_spp.importance import DivergedError
+from benchmarks.baselines import TrainConfig
+from benchmarks.experiment import importance_summary, run_method, tune_strength
 
 torch.set_num_threads(1)
 DIGITS = {"benchmark": "split_digits", "seed": 0, "benchmark_options": {"train_limit": 100}}
@@ -97,3 +97,42 @@ def test_spp_diverging_inside_its_importance_pass_is_recorded_too():
     record = run_method("spp", on_divergence="record", **run)
     assert record["diverged_at_task"] == 2
     assert all(row[j] is not None for j, row in enumerate(record["accuracy_matrix"]))
+
+
+def test_progress_bars_only_on_a_terminal_and_one_log_line_per_run(capsys, caplog, monkeypatch):
+    import logging
+    import sys
+
+    train = TrainConfig(epochs=1, hidden=(16,))
+    with caplog.at_level(logging.INFO, logger="benchmarks.experiment"):
+        run_method("finetune", train=train, progress=True, **DIGITS)  # stderr is not a terminal here
+    assert "\r" not in capsys.readouterr().err  # no carriage-return updates in a log
+    finished = [r.getMessage() for r in caplog.records if r.getMessage().startswith("finished")]
+    assert len(finished) == 1 and "finetune test seed 0" in finished[0] and "ACC" in finished[0]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    run_method("finetune", train=train, progress=True, **DIGITS)
+    assert "task" in capsys.readouterr().err  # a terminal gets the bar
+
+
+def test_benchmarks_run_with_no_option_is_the_readme_quickstart(monkeypatch):
+    from pathlib import Path
+
+    from benchmarks import run as run_cli
+
+    seen = []
+
+    def parse(argv):
+        seen.append(argv)
+        raise SystemExit(0)
+
+    real_parse = run_cli.parse_args
+    monkeypatch.setattr(run_cli, "parse_args", parse)
+    with pytest.raises(SystemExit):
+        run_cli.main([])
+    assert seen == [list(run_cli.QUICKSTART_ARGS)]
+    config = real_parse(list(run_cli.QUICKSTART_ARGS))
+    assert config.benchmark == "split_digits" and len(config.methods) == 9 and config.seeds == (0,)
+    assert config.lr == 0.1 and tuple(config.hidden) == (256, 128) and config.out == "runs/quickstart"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "pip install -e . && python -m benchmarks.run\n" in readme
+    assert all(arg in readme for arg in run_cli.QUICKSTART_ARGS)  # the README spells out the options

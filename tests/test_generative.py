@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from avalanche_spp.importance import bernoulli_entropy
-from generative import vae_sequence
+from generative import sequence, vae_sequence
 from generative.data import (
     DatasetNotFoundError,
     load_domain,
@@ -498,14 +498,14 @@ def test_main_runs_end_to_end_writes_everything_and_resumes(data_root, tmp_path,
 def test_resume_after_a_killed_task2_repeats_the_uninterrupted_run(data_root, tmp_path, monkeypatch):
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert vae_sequence.main(_argv(data_root, full)) == 0
-    real_train_epoch = vae_sequence.train_epoch
+    real_train_epoch = sequence.train_epoch
 
     def killed_in_spp_epoch_2(*args, **kwargs):
         if kwargs["description"].startswith("spp_lam100 epoch 2/"):
             raise KeyboardInterrupt
         return real_train_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(vae_sequence, "train_epoch", killed_in_spp_epoch_2)
+    monkeypatch.setattr(sequence, "train_epoch", killed_in_spp_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         vae_sequence.main(_argv(data_root, killed))
     monkeypatch.undo()
@@ -517,7 +517,7 @@ def test_resume_after_a_killed_task2_repeats_the_uninterrupted_run(data_root, tm
         trained.append(kwargs["description"])
         return real_train_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(vae_sequence, "train_epoch", counting)
+    monkeypatch.setattr(sequence, "train_epoch", counting)
     assert vae_sequence.main(_argv(data_root, killed, "--resume")) == 0
     monkeypatch.undo()
     assert trained == ["spp_lam100 epoch 2/2"]

@@ -1,4 +1,4 @@
-"""Tests of avalanche_spp.image_data on generated stand-ins in the real file formats (tests/standins.py)."""
+"""Tests of benchmarks.image_data on generated stand-ins in the real file formats (tests/standins.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from standins import (
     write_notmnist,
 )
 
-from avalanche_spp import image_data
 from avalanche_spp.errors import DatasetNotFoundError
-from avalanche_spp.image_data import build, missing_data, stratified_split, stratified_take
+from benchmarks import image_data
+from benchmarks.image_data import build, missing_data, stratified_split, stratified_take
 
 N_TRAIN, N_TEST = 20, 5  # stand-in images per class (five data sets)
 CIFAR100_TRAIN, CIFAR100_TEST = 10, 3
@@ -131,7 +131,7 @@ def test_stl10_is_resized_not_cropped_and_not_transposed(five_root):
 def test_notmnist_unreadable_files_are_skipped_and_counted(tmp_path, caplog):
     bad = write_notmnist(tmp_path, n_train=3, n_test=2, corrupt=("A", "C"))
     assert len(bad) == 4
-    caplog.set_level(logging.WARNING, logger="avalanche_spp.image_data")
+    caplog.set_level(logging.WARNING, logger="benchmarks.image_data")
     image_data.clear_cache()
     train, test = image_data._load("notMNIST", tmp_path, 32)
     assert len(train.targets) == 30 and len(test.targets) == 20  # 34 files, 4 unreadable

@@ -10,12 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from avalanche_spp.importance import (
-    bernoulli_entropy,
-    categorical_entropy,
-    spp_penalty,
-)
+from avalanche_spp.importance import bernoulli_entropy, categorical_entropy
 from avalanche_spp.importance import entropy_importance as _entropy_importance
+from avalanche_spp.penalty import spp_penalty
 
 #: The options most tests here were written for: the paper's reading of eq. 3 (the change of the
 #: entropy, one clamp over the whole data, per-sample Fisher). A test that names an option wins.
@@ -679,7 +676,7 @@ def test_exact_hessian_gives_an_unused_head_zero_importance():
 
 @pytest.mark.parametrize("backend", ["linear", "vmap"])
 def test_chunked_per_sample_gradients_equal_the_whole_batch(backend, monkeypatch):
-    import avalanche_spp.importance as importance
+    import avalanche_spp._gradients as importance
 
     model = _tiny_mlp(seed=2)
     x = torch.randn(10, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
@@ -707,7 +704,7 @@ def test_an_item_the_model_cannot_take_is_described_in_the_error():
 
 
 def test_scaled_importance_by_hand():
-    from avalanche_spp.importance import scaled_importance
+    from avalanche_spp.penalty import scaled_importance
 
     omega = torch.tensor([0.0, 1.0, 3.0])
     torch.testing.assert_close(scaled_importance(omega, "raw", 2.0), omega)

@@ -1,4 +1,4 @@
-"""Tests of avalanche_spp.models: shapes, heads added per task, init, and a real training run."""
+"""Tests of benchmarks.models: shapes, heads added per task, init, and a real training run."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin
 from torch import nn
 
-from avalanche_spp.benchmarks import benchmark_info, make_benchmark
-from avalanche_spp.models import (
+from benchmarks.models import (
     PAPER_INIT_STD,
     GaussianInitMultiHeadClassifier,
     MultiHeadMLP,
     SingleHeadMLP,
     make_model,
 )
+from benchmarks.streams import benchmark_info, make_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_cnn_families_are_delegated_to_the_cnn_module(monkeypatch):
         calls.append((family, info.name, multi_head, kwargs))
         return nn.Identity()
 
-    monkeypatch.setitem(sys.modules, "avalanche_spp.cnn", SimpleNamespace(make_cnn=make_cnn))
+    monkeypatch.setitem(sys.modules, "benchmarks.cnn", SimpleNamespace(make_cnn=make_cnn))
     assert isinstance(make_model(benchmark_info("split_caltech101"), multi_head=False), nn.Identity)
     make_model(benchmark_info("five_datasets"), dropout=0.25)
     assert calls == [

@@ -520,7 +520,7 @@ def test_curvature_cap_is_checked():
 
 # ------------------------------------------------------------------------------ review bugs
 def test_shards_cover_every_sample_once_for_a_size_not_divisible_by_the_world(monkeypatch):
-    from avalanche_spp import plugin as plugin_module
+    from avalanche_spp import distributed as plugin_module
 
     seen = []
     monkeypatch.setattr(plugin_module, "_distributed", lambda: True)
@@ -705,7 +705,7 @@ def test_a_loaded_state_replaces_the_terms_of_an_earlier_penalty():
 
 
 def test_shard_sampler_refuses_a_rank_outside_the_world():
-    from avalanche_spp.plugin import ShardSampler
+    from avalanche_spp.distributed import ShardSampler
 
     assert list(ShardSampler(10, rank=3, world_size=4)) == [3, 7]
     for rank in (4, -1):

@@ -1,4 +1,4 @@
-"""Tests of avalanche_spp.report: JSON records, summaries by hand, the table, plots, report.md."""
+"""Tests of benchmarks.report: JSON records, summaries by hand, the table, plots, report.md."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avalanche_spp import report
 from avalanche_spp.metrics import all_metrics, metrics_after_each_task
-from avalanche_spp.report import (
+from benchmarks import report
+from benchmarks.report import (
     build_record,
     markdown_table,
     package_versions,

@@ -22,10 +22,10 @@ import torch
 from test_generative import _argv as vae_argv
 from test_generative import write_anime, write_celeba
 
-from avalanche_spp.baselines import TrainConfig
 from avalanche_spp.errors import CheckpointMismatchError
-from avalanche_spp.experiment import run_method
 from benchmarks import run as run_cli
+from benchmarks.baselines import TrainConfig
+from benchmarks.experiment import run_method
 from generative import vae_sequence
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ def _tiny_strategy(lam: float = 1.0):
 def test_run_checkpoint_round_trips_progress_weights_and_every_random_state(tmp_path):
     import random
 
-    from avalanche_spp.checkpoint import PROGRESS_KEYS, load_run_checkpoint, save_run_checkpoint
+    from benchmarks.checkpoint import PROGRESS_KEYS, load_run_checkpoint, save_run_checkpoint
 
     strategy = _tiny_strategy()
     with torch.no_grad():
@@ -204,7 +204,7 @@ def test_run_checkpoint_round_trips_progress_weights_and_every_random_state(tmp_
 
 
 def test_run_checkpoint_of_another_run_names_what_differs(tmp_path):
-    from avalanche_spp.checkpoint import PROGRESS_KEYS, load_run_checkpoint, save_run_checkpoint
+    from benchmarks.checkpoint import PROGRESS_KEYS, load_run_checkpoint, save_run_checkpoint
 
     path = tmp_path / "run.pt"
     fingerprint = {"seed": 0, "strength": 1.0, "method": "spp"}

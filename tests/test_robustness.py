@@ -24,14 +24,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from avalanche_spp import SPPPlugin, benchmarks
-from avalanche_spp.baselines import TrainConfig, build_strategy
-from avalanche_spp.benchmarks import MNIST_FILES, check_benchmark_options, make_benchmark
 from avalanche_spp.errors import DatasetCorruptError, DatasetNotFoundError
-from avalanche_spp.image_data import read_idx
-from avalanche_spp.importance import DivergedError, entropy_importance, spp_penalty
+from avalanche_spp.importance import DivergedError, entropy_importance
+from avalanche_spp.penalty import spp_penalty
 from benchmarks import run as run_cli
 from benchmarks import sweep as sweep_cli
-from generative import vae_sequence
+from benchmarks.baselines import TrainConfig, build_strategy
+from benchmarks.image_data import read_idx
+from benchmarks.streams import MNIST_FILES, check_benchmark_options, make_benchmark
+from generative import config as config_module
+from generative import sequence, vae_sequence
 
 torch.set_num_threads(1)
 
@@ -275,7 +277,7 @@ def test_plugin_load_state_dict_refuses_corrupt_importance(omega, anchor, messag
 
 
 # ------------------------------------------------------------------------------------------
-# avalanche_spp.baselines
+# benchmarks.baselines
 # ------------------------------------------------------------------------------------------
 
 
@@ -322,7 +324,7 @@ def test_build_strategy_refuses_bad_arguments():
 
 
 # ------------------------------------------------------------------------------------------
-# avalanche_spp.benchmarks (and the image readers)
+# benchmarks.streams (and the image readers)
 # ------------------------------------------------------------------------------------------
 
 
@@ -614,12 +616,12 @@ def test_vae_cli_never_overwrites_results_without_force(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.json").write_text("{}")
-    config = vae_sequence.SequenceConfig(domains=("digits", "fmnist"), out=str(out))
-    with pytest.raises(vae_sequence.UsageError, match="already holds results .*pass --resume .*--force"):
-        vae_sequence.prepare_run_dir(config)
+    config = config_module.SequenceConfig(domains=("digits", "fmnist"), out=str(out))
+    with pytest.raises(config_module.UsageError, match="already holds results .*pass --resume .*--force"):
+        sequence.prepare_run_dir(config)
     assert (out / "metrics.json").exists()
-    forced = vae_sequence.SequenceConfig(domains=("digits", "fmnist"), out=str(out), force=True)
-    vae_sequence.prepare_run_dir(forced)
+    forced = config_module.SequenceConfig(domains=("digits", "fmnist"), out=str(out), force=True)
+    sequence.prepare_run_dir(forced)
     assert not (out / "metrics.json").exists()
 
 

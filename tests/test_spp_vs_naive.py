@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from avalanche_spp import SPPPlugin
-from avalanche_spp.baselines import TrainConfig
-from avalanche_spp.experiment import run_method, tune_strength
 from avalanche_spp.metrics import all_metrics
+from benchmarks.baselines import TrainConfig
+from benchmarks.experiment import run_method, tune_strength
 
 CONFIG = TrainConfig(epochs=5, lr=0.1, momentum=0.9, hidden=(256, 128))
 
@@ -88,8 +88,8 @@ def _cnn_run(plugins, seed: int) -> np.ndarray:
 
     from avalanche.training import Naive
 
-    from avalanche_spp.cnn import MultiHeadCNN, TaskHeads
-    from avalanche_spp.trunks import VGG9Features, _linear_head
+    from benchmarks.cnn import MultiHeadCNN, TaskHeads
+    from benchmarks.trunks import VGG9Features, _linear_head
 
     torch.manual_seed(seed)
     stream = _digit_images()

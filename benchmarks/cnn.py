@@ -50,8 +50,8 @@ from avalanche.benchmarks.utils.flat_data import ConstantSequence
 from avalanche.models import MultiTaskModule
 from torch import Tensor, nn
 
-from avalanche_spp.benchmarks import MIN_IMAGE_SIZE
-from avalanche_spp.trunks import (
+from benchmarks.streams import MIN_IMAGE_SIZE
+from benchmarks.trunks import (
     DEFAULT_DROPOUT,
     RESNET_HEAD_HIDDEN,
     VGG9_CHANNELS,

@@ -48,7 +48,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, Subset
 
 from avalanche_spp.importance import check_choice, entropy_importance, trainable_parameters
-from avalanche_spp.report import _write_text_atomic, read_json, write_json
+from benchmarks.report import _write_text_atomic, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -535,7 +535,7 @@ def rebuild_model(
 ) -> nn.Module:
     """The run's model as it was after task ``task`` (0-based), in eval mode.
 
-    The model is rebuilt with :func:`avalanche_spp.models.make_model` from the record's settings,
+    The model is rebuilt with :func:`benchmarks.models.make_model` from the record's settings,
     adapted to experiences ``0 .. task`` and further ones until it has every saved parameter (the
     strategy's evaluation on the whole test stream creates all heads after the first task), and
     given the saved ``weights``. ``TensorSaver`` saves no buffer: BatchNorm running statistics
@@ -547,9 +547,9 @@ def rebuild_model(
     from avalanche.models.dynamic_modules import avalanche_model_adaptation
     from avalanche.models.utils import is_multi_task_module
 
-    from avalanche_spp.baselines import uses_multi_head
-    from avalanche_spp.benchmarks import benchmark_info
-    from avalanche_spp.models import make_model
+    from benchmarks.baselines import uses_multi_head
+    from benchmarks.models import make_model
+    from benchmarks.streams import benchmark_info
 
     config = record["config"]
     info = benchmark_info(record["benchmark"], n_tasks=config["n_tasks"])
@@ -668,7 +668,7 @@ def analyze_run(
     Returns:
         An :class:`Analysis`.
     """
-    from avalanche_spp.benchmarks import make_benchmark
+    from benchmarks.streams import make_benchmark
 
     run_dir = Path(run_dir)
     records = read_records(run_dir)

@@ -10,7 +10,7 @@ Each benchmark carves a validation part out of its *training* data (stratified b
 returned ``test_stream`` the validation part (for tuning strength hyper-parameters);
 ``split="test"`` makes it the real test set. Usage::
 
-    from avalanche_spp.benchmarks import make_benchmark, benchmark_info
+    from benchmarks.streams import make_benchmark, benchmark_info
 
     info = benchmark_info("split_fmnist")  # static: tasks, widths, input shape, model family
     bench = make_benchmark("split_fmnist", split="validation", seed=0)
@@ -28,7 +28,7 @@ Registered benchmarks (see :func:`available_benchmarks`):
 - ``split_mnist`` / ``permuted_mnist``: torchvision ``MNIST`` under ``data_root``, downloaded where
   a network exists; otherwise :class:`DatasetNotFoundError` says which files to put where.
 - ``five_datasets``, ``split_cifar100``, ``split_caltech101``: the paper's image experiments, built
-  by :func:`avalanche_spp.image_data.build` (imported only when one of them is built).
+  by :func:`benchmarks.image_data.build` (imported only when one of them is built).
 
 Split benchmarks use the class order 0, 1, ..., 9: task ``t`` holds the original classes ``2t`` and
 ``2t + 1`` relabelled 0 and 1. Permuted benchmarks give task ``t`` all ten classes with one fixed
@@ -274,7 +274,7 @@ def check_benchmark_options(name: str, *, n_tasks: int | None = None, **options:
             )
         _check_limits(info, options.get("train_limit"), options.get("eval_limit"))
     else:  # an image benchmark: its builder's own options (importing it loads no data)
-        from avalanche_spp import image_data
+        from benchmarks import image_data
 
         allowed = image_data.accepted_options(name)
         unknown = sorted(set(options) - set(allowed))
@@ -314,7 +314,7 @@ def make_benchmark(
             ``test_stream``; permuted benchmarks draw one sub-sample that every task shows under
             its own permutation); permuted ones also ``permute_first`` (default False: task 0 is
             unpermuted); MNIST / Fashion-MNIST also ``download`` (default True). Image benchmarks
-            pass every option to :func:`avalanche_spp.image_data.build`; their ``image_size`` is
+            pass every option to :func:`benchmarks.image_data.build`; their ``image_size`` is
             checked first as :func:`benchmark_info` does.
 
     Returns:
@@ -464,8 +464,8 @@ def _build_image(
     validation_fraction: float,
     **options: Any,
 ) -> Any:
-    """Delegate to :func:`avalanche_spp.image_data.build`, imported only now."""
-    image_data = importlib.import_module("avalanche_spp.image_data")
+    """Delegate to :func:`benchmarks.image_data.build`, imported only now."""
+    image_data = importlib.import_module("benchmarks.image_data")
     if info.n_tasks != _REGISTRY[info.name].info.n_tasks:
         options["n_tasks"] = info.n_tasks  # the first n_tasks tasks
     return image_data.build(

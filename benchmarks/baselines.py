@@ -24,7 +24,6 @@ from avalanche.training.plugins import (
 )
 from torch import nn
 
-from avalanche_spp.cnn import freeze_features
 from avalanche_spp.importance import (
     CLAMPS,
     DEFAULT_CLAMP,
@@ -38,6 +37,7 @@ from avalanche_spp.importance import (
     check_choice,
 )
 from avalanche_spp.plugin import ACCUMULATIONS, SPPPlugin
+from benchmarks.cnn import freeze_features
 
 METHODS = ("sgd", "sgd_f", "finetune", "ewc", "si", "mas", "lwf", "joint", "spp")
 """Every method name :func:`build_strategy` accepts, in the paper's table order."""
@@ -65,7 +65,7 @@ Centres: SPP ``SPPPlugin``'s default strength; MAS and LwF Avalanche's defaults 
 and SI and MAS are a decade apart (their useful strengths span decades), LwF a factor 2 and SPP half
 a decade (``scale="saturate"`` gives SPP's strength a fixed meaning). A strength at which
 training diverges is recorded as diverged and never chosen; the tuner then skips the larger
-strengths of the grid (:func:`avalanche_spp.experiment.tune_strength`).
+strengths of the grid (:func:`benchmarks.experiment.tune_strength`).
 """
 
 

@@ -3,7 +3,7 @@
 This is the training logic behind ``python -m benchmarks.run`` and ``benchmarks.sweep``: build the
 stream, the model and the method's strategy; train on each experience in turn and evaluate on every
 task after each (``P[j][i]``); time the training and the importance passes; hand back a record
-(:func:`avalanche_spp.report.build_record`) with the accuracy matrix and the paper's metrics.
+(:func:`benchmarks.report.build_record`) with the accuracy matrix and the paper's metrics.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -26,19 +27,19 @@ from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin
 from tqdm.auto import tqdm
 
-from avalanche_spp.baselines import (
+from avalanche_spp.importance import DivergedError
+from avalanche_spp.plugin import SPPPlugin
+from benchmarks.baselines import (
     STRENGTH_NAMES,
     TrainConfig,
     build_strategy,
     default_strength,
     uses_multi_head,
 )
-from avalanche_spp.benchmarks import benchmark_info, make_benchmark
-from avalanche_spp.checkpoint import load_run_checkpoint, save_run_checkpoint
-from avalanche_spp.importance import DivergedError
-from avalanche_spp.models import make_model
-from avalanche_spp.plugin import SPPPlugin
-from avalanche_spp.report import build_record
+from benchmarks.checkpoint import load_run_checkpoint, save_run_checkpoint
+from benchmarks.models import make_model
+from benchmarks.report import build_record
+from benchmarks.streams import benchmark_info, make_benchmark
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ def run_method(
     """Train ``method`` on ``benchmark`` and return its run record.
 
     Args:
-        method: a name from :data:`avalanche_spp.baselines.METHODS`.
-        benchmark: a name from :func:`avalanche_spp.benchmarks.available_benchmarks`.
+        method: a name from :data:`benchmarks.baselines.METHODS`.
+        benchmark: a name from :func:`benchmarks.streams.available_benchmarks`.
         seed: seeds torch, numpy and random (Avalanche's ``RNGManager``) and the benchmark's
             validation split, permutations and sub-sampling.
         train: the budget shared by all methods.
@@ -78,9 +79,10 @@ def run_method(
         n_tasks: a shorter (split) or longer (permuted) sequence than the default.
         benchmark_options: e.g. ``{"train_limit": 500}``; image benchmarks also take
             ``image_size`` (pixels per side; the model is built for that size, see
-            :func:`avalanche_spp.benchmarks.benchmark_info`).
+            :func:`benchmarks.streams.benchmark_info`).
         joint_accuracies: ``m_i`` of joint training on the same split and seed, for FWT.
-        progress: show a progress bar over the experiences (tqdm, on stderr). Avalanche's
+        progress: show a progress bar over the experiences (tqdm, on stderr, only when stderr is a
+            terminal; a log file gets one line per finished run instead). Avalanche's
             ``InteractiveLogger`` is not used: it prints every metric and costs more than the
             training of these small models.
         on_task_end: called as ``on_task_end(j, strategy)`` after training task ``j`` and its
@@ -100,7 +102,7 @@ def run_method(
             not left out of the mean).
 
     Returns:
-        A record (see :func:`avalanche_spp.report.build_record`); ``joint``'s accuracy matrix
+        A record (see :func:`benchmarks.report.build_record`); ``joint``'s accuracy matrix
         repeats its final per-task accuracies in every row, so its BWT and SMT are 0.
     """
     if on_divergence not in ("raise", "record"):
@@ -123,7 +125,8 @@ def run_method(
     matrix = np.full((n, n), np.nan)
     train_seconds = 0.0
     label = f"{method} {split} seed {seed}" + ("" if strength is None else f" strength {strength:g}")
-    bar = tqdm(total=n, desc=label, unit="task", disable=not progress, leave=False)
+    # A bar only where a person watches; in a log file, one line per finished run (below).
+    bar = tqdm(total=n, desc=label, unit="task", disable=not (progress and sys.stderr.isatty()), leave=False)
     if method == "joint":
         start = time.perf_counter()
         strategy.train(stream.train_stream)
@@ -220,6 +223,11 @@ def run_method(
     )
     record["diverged_at_task"] = diverged_at
     record["tasks_trained_in_this_call"] = tasks_trained
+    metrics = record["metrics"]
+    log.info(
+        "finished %s: ACC %.2f, BWT %.2f (%.1f s training)",
+        label, 100 * metrics["acc"], 100 * metrics["bwt"], train_seconds,
+    )  # fmt: skip
     if penalty_importance is not None:
         record["spp_importance"] = penalty_importance
     return record

@@ -6,8 +6,8 @@ ReLU and dropout, whose weights were drawn from N(0, 0.1) ("mu = 0, sigma = 0.1"
 Both models expose the shared trunk as ``features`` and the output layer(s) as ``classifier``:
 baselines freeze ``features`` (``sgd_f``) and regularisers may treat the heads apart. Usage::
 
-    from avalanche_spp.benchmarks import benchmark_info
-    from avalanche_spp.models import make_model
+    from benchmarks.streams import benchmark_info
+    from benchmarks.models import make_model
 
     info = benchmark_info("split_fmnist")
     model = make_model(info)                    # MultiHeadMLP: 784-512-256, a head per task
@@ -32,7 +32,7 @@ from avalanche.models import MultiHeadClassifier, MultiTaskModule
 from torch import Tensor, nn
 
 if TYPE_CHECKING:  # pragma: no cover
-    from avalanche_spp.benchmarks import BenchmarkInfo
+    from benchmarks.streams import BenchmarkInfo
 
 INITS = ("default", "paper")
 PAPER_INIT_STD = 0.1  # sigma of the paper's Gaussian initialisation (Sec. 4, "Training")
@@ -200,7 +200,7 @@ def make_model(
     """The paper's network for a benchmark, with a head per task or one shared head.
 
     Args:
-        info: from :func:`avalanche_spp.benchmarks.benchmark_info`.
+        info: from :func:`benchmarks.streams.benchmark_info`.
         multi_head: True: one head per task (:class:`MultiHeadMLP`); False: one shared head of
             width ``max(info.classes_per_task)`` (:class:`SingleHeadMLP`).
         hidden, init: MLP options (see :class:`MultiHeadMLP`); CNN families refuse non-default
@@ -210,7 +210,7 @@ def make_model(
 
     Returns:
         For ``info.model_family == "mlp"`` an MLP taking ``prod(info.input_shape)`` inputs; for
-        ``"vgg9"`` / ``"resnet18"`` what ``avalanche_spp.cnn.make_cnn`` builds (imported only then).
+        ``"vgg9"`` / ``"resnet18"`` what ``benchmarks.cnn.make_cnn`` builds (imported only then).
     """
     if not isinstance(multi_head, bool):
         raise ValueError(f"multi_head must be True or False, got {multi_head!r}")
@@ -221,7 +221,7 @@ def make_model(
                 f"hidden and init configure the MLP only; {info.name} uses {family!r}: "
                 "leave them at their defaults"
             )
-        cnn = importlib.import_module("avalanche_spp.cnn")
+        cnn = importlib.import_module("benchmarks.cnn")
         if dropout is None:
             return cnn.make_cnn(family, info, multi_head=multi_head)
         return cnn.make_cnn(family, info, multi_head=multi_head, dropout=dropout)

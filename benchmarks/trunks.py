@@ -1,6 +1,6 @@
 """The paper's CNN trunks and heads in plain PyTorch (no Avalanche): VGG-9 and ResNet-18.
 
-:mod:`avalanche_spp.cnn` builds the multi-head models from these; timing scripts that run where
+:mod:`benchmarks.cnn` builds the multi-head models from these; timing scripts that run where
 Avalanche is not installed (``benchmarks.importance_speed`` on a GPU machine) use them directly.
 """
 

@@ -1,6 +1,6 @@
 """Resume after a kill: a run's checkpoint of its whole strategy, its progress and its RNG states.
 
-:func:`avalanche_spp.experiment.run_method` saves one after every experience with
+:func:`benchmarks.experiment.run_method` saves one after every experience with
 :func:`save_run_checkpoint` and, when the file exists as a run starts, continues from it with
 :func:`load_run_checkpoint`. A checkpoint carries the run's *fingerprint* (method, benchmark,
 seed, strength, split, budget, model shapes): one written by another run, or one that cannot be

@@ -1,0 +1,73 @@
+"""How the plugin reads a model: the head of a task, what a loss reaches, layers that grew.
+
+Private helpers of :mod:`avalanche_spp.plugin`.
+"""
+
+from __future__ import annotations
+
+import torch
+from avalanche.models.utils import is_multi_task_module
+from torch import Tensor, nn
+
+
+def _only(*terms: list, keep: list[bool]) -> tuple[list, ...]:
+    """The entries of each parallel list ``terms`` where ``keep`` is true."""
+    return tuple([t for t, k in zip(term, keep, strict=True) if k] for term in terms)
+
+
+def _leaves_reached(loss: Tensor) -> set:
+    """The leaf tensors (parameters) that ``loss``'s autograd graph reaches."""
+    leaves, seen = set(), set()
+    stack = [loss.grad_fn] if loss.grad_fn is not None else []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            leaves.add(variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+def _forward_for(model: nn.Module):
+    if is_multi_task_module(model):
+        return _forward_single_task
+    return None
+
+
+def _forward_single_task(model: nn.Module, x: Tensor, task: int) -> Tensor:
+    # An int task label takes MultiTaskModule's single-task path: that head's own logits, with no
+    # zero padding to the widest head (models such as MTSimpleMLP route it to their classifier).
+    return model(x, task)
+
+
+def _grow_to(tensor: Tensor, shape: torch.Size, name: str, *, what: str) -> Tensor:
+    """Zero-pad ``tensor`` to ``shape`` along dim 0 (new output units); refuse any other change.
+
+    Only the first dimension may grow: new rows of a weight ``(out, in, ...)`` or new entries of a
+    bias are new output units, which nothing learned before depends on. A grown input (or kernel)
+    dimension would put zero importance on weights that read new inputs of *old* units, and the
+    old weights would no longer line up with the inputs they were measured on.
+    """
+    if tensor.shape == shape:
+        return tensor
+    same_rank = tensor.dim() == len(shape)
+    if same_rank and tensor.dim() > 1 and tuple(tensor.shape[1:]) != tuple(shape[1:]):
+        raise ValueError(
+            f"parameter {name!r} changed shape from {tuple(tensor.shape)} to {tuple(shape)}: only "
+            f"its first (output) dimension may grow, but dimension(s) "
+            f"{[d for d in range(1, len(shape)) if tensor.shape[d] != shape[d]]} (inputs) changed. "
+            f"SPP's stored {what} cannot follow a layer whose inputs changed: reset the plugin or "
+            "keep the input size fixed between experiences."
+        )
+    if not same_rank or tensor.shape[0] > shape[0]:
+        raise ValueError(
+            f"parameter {name!r} changed shape from {tuple(tensor.shape)} to {tuple(shape)}: SPP's "
+            f"stored {what} only follows layers that grow (new output units). Reset the plugin or "
+            "keep the architecture fixed between experiences."
+        )
+    grown = tensor.new_zeros(shape)
+    grown[tuple(slice(0, size) for size in tensor.shape)] = tensor
+    return grown
