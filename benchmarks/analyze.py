@@ -23,7 +23,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.analysis import DEFAULT_METHODS, FISHER_LABELS, NEAR_ZERO, analyze_run, write_analysis
+from benchmarks.analysis import DEFAULT_METHODS, analyze_run
+from benchmarks.analysis_measures import FISHER_LABELS
+from benchmarks.analysis_numbers import NEAR_ZERO
+from benchmarks.analysis_report import write_analysis
 from benchmarks.streams import DatasetNotFoundError
 
 log = logging.getLogger("benchmarks.analyze")

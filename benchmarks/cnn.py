@@ -50,7 +50,7 @@ from avalanche.benchmarks.utils.flat_data import ConstantSequence
 from avalanche.models import MultiTaskModule
 from torch import Tensor, nn
 
-from benchmarks.streams import MIN_IMAGE_SIZE
+from benchmarks.info import MIN_IMAGE_SIZE
 from benchmarks.trunks import (
     DEFAULT_DROPOUT,
     RESNET_HEAD_HIDDEN,

@@ -3,7 +3,7 @@
 This is the training logic behind ``python -m benchmarks.run`` and ``benchmarks.sweep``: build the
 stream, the model and the method's strategy; train on each experience in turn and evaluate on every
 task after each (``P[j][i]``); time the training and the importance passes; hand back a record
-(:func:`benchmarks.report.build_record`) with the accuracy matrix and the paper's metrics.
+(:func:`benchmarks.records.build_record`) with the accuracy matrix and the paper's metrics.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from benchmarks.baselines import (
 )
 from benchmarks.checkpoint import load_run_checkpoint, save_run_checkpoint
 from benchmarks.models import make_model
-from benchmarks.report import build_record
+from benchmarks.records import build_record
 from benchmarks.streams import benchmark_info, make_benchmark
 
 log = logging.getLogger(__name__)
@@ -102,14 +102,11 @@ def run_method(
             not left out of the mean).
 
     Returns:
-        A record (see :func:`benchmarks.report.build_record`); ``joint``'s accuracy matrix
+        A record (see :func:`benchmarks.records.build_record`); ``joint``'s accuracy matrix
         repeats its final per-task accuracies in every row, so its BWT and SMT are 0.
     """
     if on_divergence not in ("raise", "record"):
         raise ValueError(f"on_divergence must be 'raise' or 'record', got {on_divergence!r}")
-    diverged_at: int | None = None
-    penalty_importance: dict[str, Any] | None = None
-    tasks_trained: list[int] = []  # the experiences this call trained (a resumed run: the rest)
     RNGManager.set_random_seeds(seed)
     options = dict(benchmark_options or {})
     stream = make_benchmark(
@@ -122,22 +119,12 @@ def run_method(
         evaluator = EvaluationPlugin(accuracy_metrics(experience=True), loggers=[])
     strategy = build_strategy(method, model, train, strength=strength, evaluator=evaluator)
     n = len(stream.train_stream)
-    matrix = np.full((n, n), np.nan)
-    train_seconds = 0.0
+    state = _RunState(matrix=np.full((n, n), np.nan))
     label = f"{method} {split} seed {seed}" + ("" if strength is None else f" strength {strength:g}")
     # A bar only where a person watches; in a log file, one line per finished run (below).
     bar = tqdm(total=n, desc=label, unit="task", disable=not (progress and sys.stderr.isatty()), leave=False)
     if method == "joint":
-        start = time.perf_counter()
-        strategy.train(stream.train_stream)
-        tasks_trained = list(range(n))
-        train_seconds = time.perf_counter() - start
-        accuracies = _experience_accuracies(strategy.eval(stream.test_stream), n)
-        matrix[:] = accuracies
-        joint_accuracies = list(accuracies)
-        if on_task_end is not None:
-            on_task_end(n - 1, strategy)
-        bar.update(n)
+        joint_accuracies = _train_joint(strategy, stream, state, on_task_end, bar)
     else:
         fingerprint = {
             "method": method,
@@ -150,87 +137,122 @@ def run_method(
             "train": asdict(train),
             "model": {name: tuple(p.shape) for name, p in model.named_parameters()},
         }
-        first = 0
-        if checkpoint is not None:
-            checkpoint = Path(checkpoint)
-            if checkpoint.exists():
-                strategy, saved = load_run_checkpoint(strategy, checkpoint, fingerprint)
-                matrix, train_seconds, first = saved["matrix"], saved["train_seconds"], saved["next_task"]
-                diverged_at, penalty_importance = saved["diverged_at"], saved["penalty_importance"]
-                log.info("resumed %s seed %d after task %d (%s)", method, seed, first - 1, checkpoint)
-        spp_plugins = [p for p in strategy.plugins if isinstance(p, SPPPlugin)]  # after any resume
-        for j in range(first, n):
-            if diverged_at is None:
-                tasks_trained.append(j)
-                start = time.perf_counter()
-                try:
-                    # A fresh optimiser state per task: Avalanche keeps SGD momentum across
-                    # experiences by default, which moves old heads that get a (zero) penalty gradient.
-                    strategy.train(stream.train_stream[j], reset_optimizer_state=True)
-                    _check_finite_weights(strategy.model, method, j)
-                except DivergedError as error:
-                    if on_divergence == "raise":
-                        raise
-                    log.warning("%s seed %d: %s; recorded, evaluated as it is", method, seed, error)
-                    diverged_at = j
-                train_seconds += time.perf_counter() - start
-            matrix[j] = _experience_accuracies(strategy.eval(stream.test_stream), n)
+        checkpoint = None if checkpoint is None else Path(checkpoint)
+        if checkpoint is not None and checkpoint.exists():
+            strategy = state.resume(strategy, checkpoint, fingerprint)
+            log.info("resumed %s seed %d after task %d (%s)", method, seed, state.next_task - 1, checkpoint)
+        for j in range(state.next_task, n):
+            _train_and_evaluate_task(strategy, stream, j, state, train, method, seed, on_divergence)
             if on_task_end is not None:
                 on_task_end(j, strategy)
-            if j == n - 2 and spp_plugins and spp_plugins[0].omega:
-                # The importance the penalty applies while the last task is learned (the largest
-                # in force at any time: it only grows), and the lambda SGD can bear with it.
-                penalty_importance = importance_summary(
-                    spp_plugins[0].omega, lr=train.lr, momentum=train.momentum
-                )
             bar.update(1)
-            bar.set_postfix(acc=f"{np.mean(matrix[j, : j + 1]):.3f}")
+            bar.set_postfix(acc=f"{np.mean(state.matrix[j, : j + 1]):.3f}")
             if checkpoint is not None and j + 1 < n:
-                save_run_checkpoint(
-                    strategy,
-                    checkpoint,
-                    {"fingerprint": fingerprint, "matrix": matrix, "train_seconds": train_seconds,
-                     "next_task": j + 1, "diverged_at": diverged_at,
-                     "penalty_importance": penalty_importance},
-                )
+                save_run_checkpoint(strategy, checkpoint, state.progress(fingerprint))
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)  # the record returned below holds everything
     bar.close()
     importance_seconds = sum(sum(p.importance_time_s) for p in strategy.plugins if isinstance(p, SPPPlugin))
-    config = {
-        "benchmark": benchmark,
-        "split": split,
-        "n_tasks": n,
-        "data_root": None if data_root is None else str(data_root),
-        "benchmark_options": options,
-        "input_shape": list(info.input_shape),  # what the model was built for (image_size)
-        "train": asdict(train),
-        "torch_threads": torch.get_num_threads(),
-    }
+    config = {"benchmark": benchmark, "split": split, "n_tasks": n,
+              "data_root": None if data_root is None else str(data_root), "benchmark_options": options,
+              "input_shape": list(info.input_shape),  # what the model was built for (image_size)
+              "train": asdict(train), "torch_threads": torch.get_num_threads()}  # fmt: skip
     record = build_record(
         method=method,
         benchmark=benchmark,
         seed=seed,
         strength=_used_strength(method, strength),
         config=config,
-        accuracy_matrix=matrix,
+        accuracy_matrix=state.matrix,
         joint_accuracies=joint_accuracies,
         wall_time_s={
-            "train": train_seconds,
+            "train": state.train_seconds,
             "importance": importance_seconds,
-            "total": train_seconds,
+            "total": state.train_seconds,
         },
     )
-    record["diverged_at_task"] = diverged_at
-    record["tasks_trained_in_this_call"] = tasks_trained
-    metrics = record["metrics"]
+    record["diverged_at_task"] = state.diverged_at
+    record["tasks_trained_in_this_call"] = state.tasks_trained
     log.info(
         "finished %s: ACC %.2f, BWT %.2f (%.1f s training)",
-        label, 100 * metrics["acc"], 100 * metrics["bwt"], train_seconds,
+        label, 100 * record["metrics"]["acc"], 100 * record["metrics"]["bwt"], state.train_seconds,
     )  # fmt: skip
-    if penalty_importance is not None:
-        record["spp_importance"] = penalty_importance
+    if state.penalty_importance is not None:
+        record["spp_importance"] = state.penalty_importance
     return record
+
+
+@dataclass
+class _RunState:
+    """What a run has done so far: what a checkpoint saves, and what the record is made of."""
+
+    matrix: np.ndarray  # (T, T) accuracies, NaN where not measured yet
+    train_seconds: float = 0.0
+    next_task: int = 0
+    diverged_at: int | None = None
+    penalty_importance: dict[str, Any] | None = None
+    tasks_trained: list[int] = field(default_factory=list)  # by this call (a resumed run: the rest)
+
+    def progress(self, fingerprint: dict[str, Any]) -> dict[str, Any]:
+        return {"fingerprint": fingerprint, "matrix": self.matrix, "train_seconds": self.train_seconds,
+                "next_task": self.next_task, "diverged_at": self.diverged_at,
+                "penalty_importance": self.penalty_importance}  # fmt: skip
+
+    def resume(self, strategy: Any, checkpoint: Path, fingerprint: dict[str, Any]) -> Any:
+        strategy, saved = load_run_checkpoint(strategy, checkpoint, fingerprint)
+        self.matrix, self.train_seconds, self.next_task = (
+            saved["matrix"],
+            saved["train_seconds"],
+            saved["next_task"],
+        )
+        self.diverged_at, self.penalty_importance = saved["diverged_at"], saved["penalty_importance"]
+        return strategy
+
+
+def _train_joint(strategy: Any, stream: Any, state: _RunState, on_task_end: Any, bar: Any) -> list[float]:
+    """Joint training on every experience at once; every row of the matrix is its final accuracies."""
+    n = len(stream.train_stream)
+    start = time.perf_counter()
+    strategy.train(stream.train_stream)
+    state.tasks_trained = list(range(n))
+    state.train_seconds = time.perf_counter() - start
+    accuracies = _experience_accuracies(strategy.eval(stream.test_stream), n)
+    state.matrix[:] = accuracies
+    if on_task_end is not None:
+        on_task_end(n - 1, strategy)
+    bar.update(n)
+    return list(accuracies)
+
+
+def _train_and_evaluate_task(
+    strategy: Any, stream: Any, j: int, state: _RunState, train: TrainConfig, method: str, seed: int,
+    on_divergence: str,
+) -> None:  # fmt: skip
+    """Train experience ``j`` (unless the run diverged before), evaluate every task, update ``state``."""
+    n = len(stream.train_stream)
+    if state.diverged_at is None:
+        state.tasks_trained.append(j)
+        start = time.perf_counter()
+        try:
+            # A fresh optimiser state per task: Avalanche keeps SGD momentum across
+            # experiences by default, which moves old heads that get a (zero) penalty gradient.
+            strategy.train(stream.train_stream[j], reset_optimizer_state=True)
+            _check_finite_weights(strategy.model, method, j)
+        except DivergedError as error:
+            if on_divergence == "raise":
+                raise
+            log.warning("%s seed %d: %s; recorded, evaluated as it is", method, seed, error)
+            state.diverged_at = j
+        state.train_seconds += time.perf_counter() - start
+    state.matrix[j] = _experience_accuracies(strategy.eval(stream.test_stream), n)
+    spp_plugins = [p for p in strategy.plugins if isinstance(p, SPPPlugin)]
+    if j == n - 2 and spp_plugins and spp_plugins[0].omega:
+        # The importance the penalty applies while the last task is learned (the largest
+        # in force at any time: it only grows), and the lambda SGD can bear with it.
+        state.penalty_importance = importance_summary(
+            spp_plugins[0].omega, lr=train.lr, momentum=train.momentum
+        )
+    state.next_task = j + 1
 
 
 def importance_summary(

@@ -32,7 +32,7 @@ from avalanche.models import MultiHeadClassifier, MultiTaskModule
 from torch import Tensor, nn
 
 if TYPE_CHECKING:  # pragma: no cover
-    from benchmarks.streams import BenchmarkInfo
+    from benchmarks.info import BenchmarkInfo
 
 INITS = ("default", "paper")
 PAPER_INIT_STD = 0.1  # sigma of the paper's Gaussian initialisation (Sec. 4, "Training")

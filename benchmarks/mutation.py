@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import write_json
+from benchmarks.records import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "results" / "mutation"
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "" if args.max_children == 2 else f" --max-children {args.max_children}"
     )
     wall_min = None
+    commit = _git_commit()  # the code mutmut copies now (a commit made during the run is not it)
     if not args.report_only:
         start = time.monotonic()
         status = subprocess.run(
@@ -177,18 +178,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = score(results, equivalent)
     previous = args.out / "scores.json"
-    if wall_min is None and previous.is_file():  # --report-only keeps the timing of the run it reports
-        wall_min = json.loads(previous.read_text()).get("wall_time_min")
+    if args.report_only and previous.is_file():  # keep the timing and commit of the run it reports
+        kept = json.loads(previous.read_text())
+        wall_min, commit = kept.get("wall_time_min"), kept.get("git_commit", commit)
     summary |= {
         "command": command,
         "wall_time_min": wall_min if wall_min is not None else float("nan"),
         "max_children": args.max_children,
         "mutmut_version": metadata.version("mutmut"),
-        "git_commit": _git_commit(),
+        "git_commit": commit,
         "date": datetime.date.today().isoformat(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(summary, args.out / "scores.json")
+    write_json(args.out / "scores.json", summary)
     (args.out / "scores.md").write_text(markdown(summary, equivalent))
     print(markdown(summary, equivalent))
     return 0

@@ -27,7 +27,7 @@ from torch import nn
 
 from avalanche_spp.importance import entropy_importance
 from avalanche_spp.penalty import add_spp_penalty_grad_, spp_penalty
-from benchmarks.report import package_versions, write_json
+from benchmarks.records import package_versions, write_json
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import torch
 
 from benchmarks.baselines import TrainConfig
 from benchmarks.experiment import run_method
-from benchmarks.report import write_json
+from benchmarks.records import write_json
 
 
 @dataclass(frozen=True)

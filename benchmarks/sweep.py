@@ -26,7 +26,8 @@ from avalanche_spp.errors import DatasetCorruptError
 from avalanche_spp.importance import DivergedError
 from benchmarks.baselines import STRENGTH_NAMES, TrainConfig
 from benchmarks.experiment import run_method
-from benchmarks.report import plot_lambda_sweep, read_json, write_json
+from benchmarks.plots import plot_lambda_sweep
+from benchmarks.records import read_json, write_json
 from benchmarks.streams import DatasetNotFoundError, available_benchmarks, check_benchmark_options
 
 log = logging.getLogger("benchmarks.sweep")

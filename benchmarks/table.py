@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.report import variant_row, variant_table, write_json
+from benchmarks.records import write_json
+from benchmarks.report import variant_row, variant_table
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import analysis
-from benchmarks.analysis import (
-    OUTPUT_FILES,
+from benchmarks import analysis, analysis_measures
+from benchmarks.analysis import OUTPUT_FILES
+from benchmarks.analysis_measures import fisher_importance, mas_importance
+from benchmarks.analysis_numbers import (
     change_by_importance,
-    fisher_importance,
     fit_gaussian,
     frechet_distance_1d,
     frechet_distance_gaussians,
     layer_key,
     layer_values,
     log_density,
-    mas_importance,
     near_zero_fraction,
     normalized_density,
     rank_correlation,
@@ -222,7 +221,7 @@ def _fake_run(run_dir):
     from avalanche_spp.importance import entropy_importance
     from benchmarks.baselines import uses_multi_head
     from benchmarks.models import make_model
-    from benchmarks.report import build_record, write_json
+    from benchmarks.records import build_record, write_json
     from benchmarks.streams import benchmark_info, make_benchmark
 
     stream = make_benchmark("permuted_digits", split="test", seed=0, n_tasks=N_TASKS, **BENCHMARK_OPTIONS)
@@ -242,8 +241,8 @@ def _fake_run(run_dir):
                 for p in model.parameters():
                     p.add_(0.1 * torch.randn_like(p))
             if method == "spp":
-                x = [b[0] for b in analysis.task_batches(stream, task)]
-                forward = analysis.task_forward(model, task)
+                x = [b[0] for b in analysis_measures.task_batches(stream, task)]
+                forward = analysis_measures.task_forward(model, task)
                 own = entropy_importance(model, x, forward)
                 omega = own if omega is None else {n: omega[n] + own[n] for n in own}
             payload = {

@@ -22,7 +22,9 @@ from standins import (
 
 from avalanche_spp.errors import DatasetNotFoundError
 from benchmarks import image_data
-from benchmarks.image_data import build, missing_data, stratified_split, stratified_take
+from benchmarks.builders import stratified_split, stratified_take
+from benchmarks.image_data import build
+from benchmarks.image_files import missing_data
 
 N_TRAIN, N_TEST = 20, 5  # stand-in images per class (five data sets)
 CIFAR100_TRAIN, CIFAR100_TEST = 10, 3

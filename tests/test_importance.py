@@ -714,3 +714,72 @@ def test_scaled_importance_by_hand():
         torch.testing.assert_close(scaled_importance(torch.zeros(3), scale, 0.0), torch.zeros(3))
     with pytest.raises(ValueError, match="scale must be one of"):
         scaled_importance(omega, "log", 1.0)
+
+
+def test_categorical_entropy_of_sequences_sums_the_positions():
+    logits = torch.randn(2, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # B, T, C
+    q = torch.softmax(logits, dim=-1)
+    by_hand = -(q * q.log()).sum(dim=-1).sum(dim=1)  # (B,)
+    torch.testing.assert_close(categorical_entropy(logits), by_hand)
+    four_d = logits.reshape(2, 3, 1, 5)
+    torch.testing.assert_close(categorical_entropy(four_d), by_hand)
+    flat = categorical_entropy(logits[:, 0])
+    assert flat.shape == (2,)
+
+
+def test_batches_must_be_an_iterable_of_items_not_a_mapping():
+    model = _tiny_mlp()
+    for batches in ({"x": torch.zeros(2, 4)}, 3, "abc"):
+        with pytest.raises(ValueError, match="batches must be an iterable of input batches"):
+            entropy_importance(model, batches)
+
+
+def test_max_normalisation_leaves_a_tensor_without_importance_at_zero():
+    class _TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.unused = nn.Linear(4, 3).double(), nn.Linear(4, 3).double()
+
+        def forward(self, x):
+            return self.used(x)
+
+    torch.manual_seed(0)
+    omega = entropy_importance(_TwoHeads(), [torch.randn(8, 4, dtype=torch.float64)], normalize="max")
+    assert torch.count_nonzero(omega["unused.weight"]) == 0 and torch.isfinite(omega["unused.weight"]).all()
+    assert omega["used.weight"].max().item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("clamp", ["batch", "experience", "sample"])
+def test_all_reduce_sums_every_statistic_and_the_sample_count(clamp):
+    # Two identical shards: every sum (and the count) doubles, so the mean estimate is unchanged.
+    model = _tiny_mlp(seed=4)
+    x = torch.randn(12, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    alone = entropy_importance(model, x.split(4), clamp=clamp, fisher="per_sample")
+    reduced: list[torch.Size] = []
+
+    def twice(tensor):
+        reduced.append(tensor.shape)
+        tensor.mul_(2)
+
+    shards = entropy_importance(model, x.split(4), clamp=clamp, fisher="per_sample", all_reduce=twice)
+    assert torch.Size([1]) in reduced  # the sample count is summed too
+    for name in alone:
+        torch.testing.assert_close(shards[name], alone[name], rtol=1e-12, atol=0.0)
+
+    def thrice_count_only(tensor):
+        if tensor.shape == torch.Size([1]):
+            tensor.mul_(3)
+
+    diluted = entropy_importance(
+        model, x.split(4), clamp=clamp, fisher="per_sample", all_reduce=thrice_count_only
+    )
+    name = "0.weight"
+    assert not torch.allclose(diluted[name], alone[name])  # the count does divide the sums
+
+
+def test_exact_hessian_is_used_with_the_default_clamp_and_fisher():
+    model = _tiny_mlp(seed=6)
+    x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    fisher = _entropy_importance(model, x.split(4))  # the defaults: batch clamp, batch Fisher
+    exact = _entropy_importance(model, x.split(4), hessian="exact")
+    assert any(not torch.allclose(exact[n], fisher[n]) for n in fisher)

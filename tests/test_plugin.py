@@ -711,3 +711,103 @@ def test_shard_sampler_refuses_a_rank_outside_the_world():
     for rank in (4, -1):
         with pytest.raises(ValueError, match=r"rank must be in \[0, 4\)"):
             ShardSampler(10, rank=rank, world_size=4)
+
+
+def test_all_reduce_and_shards_only_with_more_than_one_process(monkeypatch):
+    from avalanche_spp import distributed
+
+    calls = []
+    monkeypatch.setattr(distributed, "_distributed", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor, op=None: calls.append((tensor, op)))
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    for world, expected in ((1, None), (2, "sum"), (3, "sum")):
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda world=world: world)
+        reduce = distributed._all_reduce_if_distributed()
+        sampler = distributed._distributed_sampler(list(range(7)))
+        if expected is None:
+            assert reduce is None and sampler is None
+            continue
+        tensor = torch.ones(2)
+        reduce(tensor)
+        assert calls[-1][0] is tensor and calls[-1][1] == torch.distributed.ReduceOp.SUM
+        assert list(sampler) == list(range(1, 7, world))
+
+
+def test_grow_to_pads_new_output_rows_with_zeros_and_refuses_anything_else():
+    from avalanche_spp._model_parts import _grow_to
+
+    old = torch.arange(6.0).reshape(2, 3)
+    grown = _grow_to(old, torch.Size([4, 3]), "w", what="importance")
+    torch.testing.assert_close(grown[:2], old)
+    assert grown.shape == (4, 3) and torch.count_nonzero(grown[2:]) == 0
+    assert _grow_to(old, torch.Size([2, 3]), "w", what="importance") is old
+    bias = _grow_to(torch.ones(2), torch.Size([3]), "b", what="anchor")
+    torch.testing.assert_close(bias, torch.tensor([1.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="only follows layers that grow"):
+        _grow_to(old, torch.Size([1, 3]), "w", what="importance")  # fewer output units
+    with pytest.raises(ValueError, match="inputs"):
+        _grow_to(old, torch.Size([2, 4]), "w", what="importance")  # more inputs
+    with pytest.raises(ValueError, match="only follows layers that grow"):
+        _grow_to(old, torch.Size([6]), "w", what="importance")  # another rank
+
+
+def test_the_importance_pass_uses_the_plugin_settings_and_a_seeded_subset():
+    from avalanche_spp.importance import entropy_importance as measure
+
+    bench = _stream()
+    settings = {"taylor_of": "entropy", "clamp": "experience", "fisher": "per_sample", "normalize": "softmax",
+                "beta": 3.0}  # fmt: skip
+    torch.manual_seed(0)
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    plugin = SPPPlugin(lam=0.5, importance_samples=10, seed=3, **settings)
+    _strategy(model, [plugin], epochs=1).train(bench.train_stream[0])
+    assert len(plugin.importance_time_s) == 1 and 0 <= plugin.importance_time_s[0] < 60
+    dataset = bench.train_stream[0].dataset.eval()
+    order = sorted(torch.randperm(len(dataset), generator=torch.Generator().manual_seed(3))[:10].tolist())
+    x = torch.stack([dataset[i][0] for i in order])
+    expected = measure(model, [(x, 0)], lambda m, xb, t: m(xb, t), **settings)
+    for name, omega in expected.items():
+        torch.testing.assert_close(plugin.omega[name], omega, msg=name)
+    other = SPPPlugin(lam=0.5, importance_samples=10, seed=4, **settings)
+    other.after_training_exp(SimpleNamespace(model=model, experience=bench.train_stream[0], plugins=[]))
+    assert any(not torch.allclose(other.omega[n], plugin.omega[n]) for n in expected)  # another subset
+
+
+def test_default_plugin_adds_its_penalty_gradient():
+    torch.manual_seed(0)
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    plugin = SPPPlugin()  # lam = 1, saturating scale
+    strategy = _strategy(model, [plugin], epochs=1)
+    strategy.train(bench.train_stream[0])
+    from avalanche_spp.penalty import mean_importance, scaled_importance
+
+    mean = mean_importance(plugin.omega.values())
+    w_star = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+            p.grad = torch.zeros_like(p)
+    plugin.after_backward(strategy)
+    params = dict(model.named_parameters())
+    moved = 0
+    for name, omega in plugin.omega.items():
+        expected = 2 * scaled_importance(omega, "saturate", mean) * (params[name].detach() - w_star[name])
+        torch.testing.assert_close(params[name].grad, expected, msg=name)
+        moved += int(torch.count_nonzero(expected))
+    assert moved > 0
+
+
+def test_an_empty_experience_is_refused_with_its_number():
+    plugin = SPPPlugin()
+    strategy = SimpleNamespace(experience=SimpleNamespace(current_experience=4), adapted_dataset=[])
+    with pytest.raises(ValueError, match="experience 4 has no training sample"):
+        plugin.after_train_dataset_adaptation(strategy)
+    plugin.after_train_dataset_adaptation(
+        SimpleNamespace(experience=None, adapted_dataset=[1])
+    )  # one is enough
+
+
+def test_one_sample_and_batches_of_one_are_allowed():
+    plugin = SPPPlugin(importance_samples=1, importance_batch_size=1)
+    assert plugin.importance_samples == 1 and plugin.importance_batch_size == 1

@@ -13,21 +13,22 @@ import numpy as np
 import pytest
 
 from avalanche_spp.metrics import all_metrics, metrics_after_each_task
-from benchmarks import report
-from benchmarks.report import (
-    build_record,
-    markdown_table,
-    package_versions,
+from benchmarks import plots, records
+from benchmarks.plots import (
     plot_accuracy_matrices,
     plot_accuracy_over_tasks,
     plot_lambda_sweep,
     plot_metrics_over_tasks,
+)
+from benchmarks.records import (
+    build_record,
+    package_versions,
     read_json,
     summarize,
     validate_record,
     write_json,
-    write_report,
 )
+from benchmarks.report import markdown_table, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAN = float("nan")
@@ -131,7 +132,7 @@ def test_build_record_metrics_follow_the_matrix(tmp_path):
         wall_time_s={"train": 1.0, "importance": 0.5, "total": 1.5},
         versions={"python": "x"},
     )
-    assert set(record) == set(report.RECORD_KEYS)
+    assert set(record) == set(records.RECORD_KEYS)
     assert record["accuracy_matrix"] == [[0.9, None, None], [0.8, 0.7, None], [0.6, 0.5, 0.8]]
     assert record["metrics"] == pytest.approx(all_metrics(p, joint))
     assert record["metrics"]["bwt"] == pytest.approx(-0.25)  # ((0.6-0.9) + (0.5-0.7)) / 2
@@ -276,7 +277,7 @@ def test_mean_matrix_over_seeds():
     b = _record("spp", 1, acc=0.5)
     a["accuracy_matrix"] = [[0.9, None], [0.8, 0.6]]
     b["accuracy_matrix"] = [[0.7, 0.2], [0.6, 0.4]]
-    mean = report._mean_matrix([a, b], "spp")
+    mean = plots._mean_matrix([a, b], "spp")
     # percent; the cell only seed 1 measured keeps its value
     np.testing.assert_allclose(mean, [[80.0, 20.0], [70.0, 50.0]])
 
@@ -412,20 +413,20 @@ def _assert_report_matches_runs(folder: Path) -> None:
         "FWT (%)": ("fwt", 100),
         "SMT (%²)": ("smt", 1e4),
     }
-    for method, records in by_method.items():
+    for method, runs_of in by_method.items():
         row = table[method]
-        assert int(row["n seeds"]) == len(records), method
-        strengths = sorted({r["strength"] for r in records if r["strength"] is not None})
+        assert int(row["n seeds"]) == len(runs_of), method
+        strengths = sorted({r["strength"] for r in runs_of if r["strength"] is not None})
         assert row["strength"] == (", ".join(f"{s:g}" for s in strengths) or "n/a"), method
         for header, (key, scale) in columns.items():
-            values = [r["metrics"][key] * scale for r in records if r["metrics"][key] is not None]
+            values = [r["metrics"][key] * scale for r in runs_of if r["metrics"][key] is not None]
             if not values:
                 assert row[header] == "n/a", (method, header)
                 continue
             mean, std = _mean_std(values)
             shown = row[header].split(" (n=")[0]
             assert shown == f"{mean:.2f} ± {std:.2f}", (method, header, shown, mean, std)
-        mean, std = _mean_std([r["wall_time_s"]["total"] for r in records])
+        mean, std = _mean_std([r["wall_time_s"]["total"] for r in runs_of])
         assert row["wall time (s)"] == f"{mean:.1f} ± {std:.1f}", method
 
 

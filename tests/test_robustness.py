@@ -23,15 +23,17 @@ from avalanche.training import Naive
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from avalanche_spp import SPPPlugin, benchmarks
+from avalanche_spp import SPPPlugin
 from avalanche_spp.errors import DatasetCorruptError, DatasetNotFoundError
 from avalanche_spp.importance import DivergedError, entropy_importance
 from avalanche_spp.penalty import spp_penalty
 from benchmarks import run as run_cli
 from benchmarks import sweep as sweep_cli
+from benchmarks import tensor_data
 from benchmarks.baselines import TrainConfig, build_strategy
-from benchmarks.image_data import read_idx
-from benchmarks.streams import MNIST_FILES, check_benchmark_options, make_benchmark
+from benchmarks.image_files import read_idx
+from benchmarks.streams import check_benchmark_options, make_benchmark
+from benchmarks.tensor_data import MNIST_FILES
 from generative import config as config_module
 from generative import sequence, vae_sequence
 
@@ -388,7 +390,7 @@ def test_corrupt_debian_archive_raises_dataset_corrupt_error(tmp_path, monkeypat
     debian.mkdir()
     for name in MNIST_FILES:
         (debian / f"{name}.gz").write_bytes(gzip.compress(b"\x00" * 64)[:20])  # a cut-off download
-    monkeypatch.setattr(benchmarks, "DEBIAN_FASHION_MNIST_DIR", debian)
+    monkeypatch.setattr(tensor_data, "DEBIAN_FASHION_MNIST_DIR", debian)
     message = "cannot decompress .*train-images-idx3-ubyte.gz.*reinstall"
     with pytest.raises(DatasetCorruptError, match=message):
         make_benchmark("split_fmnist", data_root=tmp_path / "data", download=False)
@@ -520,7 +522,7 @@ def _offline(monkeypatch, tmp_path):
     def no_network(self):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: <urlopen error no network>")
 
-    monkeypatch.setattr(benchmarks, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(tensor_data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
     monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", no_network)
 
 

@@ -15,15 +15,10 @@ import torchvision
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader
 
-from benchmarks import streams
-from benchmarks.streams import (
-    MNIST_FILES,
-    BenchmarkInfo,
-    DatasetNotFoundError,
-    available_benchmarks,
-    benchmark_info,
-    make_benchmark,
-)
+from benchmarks import tensor_data
+from benchmarks.info import BenchmarkInfo
+from benchmarks.streams import DatasetNotFoundError, available_benchmarks, benchmark_info, make_benchmark
+from benchmarks.tensor_data import MNIST_FILES
 
 ALL_NAMES = {
     "split_digits",
@@ -333,7 +328,7 @@ def test_permuted_digits_permutations_differ_and_keep_pixels(digits_original):
 
 
 @pytest.mark.skipif(
-    not all((streams.DEBIAN_FASHION_MNIST_DIR / f"{n}.gz").is_file() for n in MNIST_FILES),
+    not all((tensor_data.DEBIAN_FASHION_MNIST_DIR / f"{n}.gz").is_file() for n in MNIST_FILES),
     reason="Debian's dataset-fashion-mnist package is not installed",
 )
 def test_split_fmnist_imports_debian_files(tmp_path):
@@ -346,7 +341,7 @@ def test_split_fmnist_imports_debian_files(tmp_path):
         "t10k-images-idx3-ubyte": 16 + 10000 * 784,
         "t10k-labels-idx1-ubyte": 8 + 10000,
     }
-    with gzip.open(streams.DEBIAN_FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz") as f:
+    with gzip.open(tensor_data.DEBIAN_FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz") as f:
         assert (raw / "t10k-labels-idx1-ubyte").read_bytes() == f.read()
     train = stream_arrays(bench.train_stream)
     test = stream_arrays(bench.test_stream)
@@ -363,7 +358,7 @@ def test_split_fmnist_imports_debian_files(tmp_path):
 
 
 def test_fmnist_without_files_or_debian_package_says_how_to_get_them(tmp_path, monkeypatch):
-    monkeypatch.setattr(streams, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(tensor_data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
     with pytest.raises(DatasetNotFoundError) as err:
         make_benchmark("split_fmnist", data_root=tmp_path, download=False)
     message = str(err.value)
