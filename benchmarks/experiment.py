@@ -36,7 +36,7 @@ from benchmarks.baselines import (
     default_strength,
     uses_multi_head,
 )
-from benchmarks.checkpoint import load_run_checkpoint, save_run_checkpoint
+from benchmarks.checkpoint import PROGRESS_KEYS, load_run_checkpoint, save_run_checkpoint
 from benchmarks.models import make_model
 from benchmarks.records import build_record
 from benchmarks.streams import benchmark_info, make_benchmark
@@ -194,18 +194,15 @@ class _RunState:
     tasks_trained: list[int] = field(default_factory=list)  # by this call (a resumed run: the rest)
 
     def progress(self, fingerprint: dict[str, Any]) -> dict[str, Any]:
-        return {"fingerprint": fingerprint, "matrix": self.matrix, "train_seconds": self.train_seconds,
-                "next_task": self.next_task, "diverged_at": self.diverged_at,
-                "penalty_importance": self.penalty_importance}  # fmt: skip
+        """What a checkpoint saves: the fingerprint and the fields named by ``PROGRESS_KEYS``."""
+        state = {k: getattr(self, k) for k in PROGRESS_KEYS if k != "fingerprint"}
+        return {"fingerprint": fingerprint} | state
 
     def resume(self, strategy: Any, checkpoint: Path, fingerprint: dict[str, Any]) -> Any:
         strategy, saved = load_run_checkpoint(strategy, checkpoint, fingerprint)
-        self.matrix, self.train_seconds, self.next_task = (
-            saved["matrix"],
-            saved["train_seconds"],
-            saved["next_task"],
-        )
-        self.diverged_at, self.penalty_importance = saved["diverged_at"], saved["penalty_importance"]
+        for key in PROGRESS_KEYS:
+            if key != "fingerprint":
+                setattr(self, key, saved[key])
         return strategy
 
 
