@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -48,7 +47,6 @@ FISHER_ESTIMATES = ("per_sample", "batch")
 HESSIANS = ("fisher", "exact")
 TAYLOR_OF = ("entropy", "neg_entropy")
 CLAMPS = ("experience", "batch", "sample", "none")
-NORMALIZATIONS = (None, "max", "softmax")
 PER_SAMPLE_BACKENDS = ("auto", "linear", "vmap")
 
 #: Defaults of :func:`entropy_importance` and :class:`avalanche_spp.SPPPlugin`, chosen by measurement
@@ -119,8 +117,6 @@ def entropy_importance(
     clamp: str = DEFAULT_CLAMP,
     fisher: str = DEFAULT_FISHER,
     hessian: str = "fisher",
-    normalize: str | None = None,
-    beta: float = 1.0,
     entropy_fn: EntropyFn | None = None,
     max_batches: int | None = None,
     all_reduce: Callable[[Tensor], Any] | None = None,
@@ -162,11 +158,6 @@ def entropy_importance(
             ``"batch"``.
         hessian: ``"fisher"`` (the paper) or ``"exact"``: the true diagonal of the Hessian of the mean
             entropy by double backward, for small models only (tests check the estimate with it).
-        normalize: ``None``; ``"max"``: each tensor divided by its maximum; ``"softmax"``: the
-            authors' sharpening within each tensor, ``exp(beta * Omega / m) / sum exp(beta *
-            Omega / m)`` with ``m`` the tensor's mean ``Omega``, so ``beta`` sets the sharpness
-            whatever the units of ``Omega``.
-        beta: sharpness of the ``"softmax"`` normalisation (> 0).
         entropy_fn: ``entropy_fn(output) -> (B,)`` per-sample entropy; defaults to
             :func:`categorical_entropy` of logits. VAEs use :func:`bernoulli_entropy`.
         max_batches: use at most this many items of ``batches``.
@@ -196,7 +187,7 @@ def entropy_importance(
             rather than poisoning the penalty). A subclass of ``ValueError``.
     """
     options = _ImportanceOptions.checked(
-        model, batches, taylor_of, clamp, fisher, hessian, normalize, beta, max_batches, per_sample_backend
+        model, batches, taylor_of, clamp, fisher, hessian, max_batches, per_sample_backend
     )
     params = trainable_parameters(model)
     forward = forward or _call_model
@@ -236,8 +227,6 @@ class _ImportanceOptions:
         clamp: str,
         fisher: str,
         hessian: str,
-        normalize: str | None,
-        beta: Any,
         max_batches: Any,
         per_sample_backend: str,
     ) -> _ImportanceOptions:
@@ -253,15 +242,12 @@ class _ImportanceOptions:
         check_choice("clamp", clamp, CLAMPS)
         check_choice("fisher", fisher, FISHER_ESTIMATES)
         check_choice("hessian", hessian, HESSIANS)
-        check_choice("normalize", normalize, NORMALIZATIONS)
         check_choice("per_sample_backend", per_sample_backend, PER_SAMPLE_BACKENDS)
         if clamp == "sample" and (fisher != "per_sample" or hessian != "fisher"):
             raise ValueError(
                 'clamp="sample" clamps each input\'s own estimate, whose curvature is its own g_n**2: '
                 'it needs fisher="per_sample" and hessian="fisher"'
             )
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < math.inf:
-            raise ValueError(f"beta must be a positive number (and finite), got {beta!r}")
         if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
             raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
         params = trainable_parameters(model)
@@ -283,8 +269,6 @@ class _ImportanceOptions:
             clamp=clamp,
             fisher=fisher,
             hessian=hessian,
-            normalize=normalize,
-            beta=float(beta),
             backend=per_sample_backend,
             linear_layers=linear_layers,
             n_scalars=n_scalars,
@@ -386,7 +370,7 @@ class _ImportanceSums:
                         f"importance of {name!r} has NaN or Inf values: the model's outputs or weights "
                         "are not finite (a diverged model?). Refusing to use it as a penalty."
                     )
-                omega[name] = _normalize(value, self.options.normalize, self.options.beta).to(p.dtype)
+                omega[name] = value.to(p.dtype)
         return omega
 
 
@@ -445,18 +429,3 @@ def _check_model_takes(model: nn.Module, inputs: tuple) -> None:
             "or pass forward= to call the model yourself."
         ) from None
 
-
-def _normalize(omega: Tensor, normalize: str | None, beta: float) -> Tensor:
-    if normalize is None:
-        return omega
-    if normalize == "max":
-        peak = omega.max()
-        return omega / peak if peak > 0 else omega
-    mean = omega.mean()
-    if not bool(mean > 0):
-        # A tensor with no importance at all (a head that took no part, e.g. a later task's)
-        # stays free: a softmax would spread 1/n over it and penalise it before it is learned.
-        return omega
-    # In units of the tensor's mean importance, so beta sets the sharpness whatever Omega's scale.
-    flat = torch.softmax(beta * (omega / mean).reshape(-1), dim=0)
-    return flat.view_as(omega)

@@ -35,7 +35,6 @@ from avalanche_spp.importance import (
     DEFAULT_SCALE,
     DEFAULT_TAYLOR_OF,
     FISHER_ESTIMATES,
-    NORMALIZATIONS,
     SCALES,
     TAYLOR_OF,
     check_choice,
@@ -103,12 +102,9 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         importance_samples: int | None = DEFAULT_IMPORTANCE_SAMPLES,
         importance_batch_size: int = 256,
         fisher: str = DEFAULT_FISHER,
-        normalize: str | None = None,
-        beta: float = 1.0,
         accumulate: str = "sum",
         seed: int = 0,
         penalty_via: str = "gradient",
-        curvature_cap: float | None = None,
     ) -> None:
         """Create the plugin.
 
@@ -143,8 +139,6 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                 memory only, not ``Omega``.
             fisher: ``"per_sample"`` (mean of per-sample squared gradients) or ``"batch"``
                 (squared mini-batch gradient, as the authors' code).
-            normalize: ``None``, ``"max"`` or ``"softmax"`` (the authors' sharpening) per tensor.
-            beta: sharpness of the ``"softmax"`` normalisation.
             accumulate: how importances of successive experiences combine: ``"sum"`` (paper eq. 4)
                 or ``"max"`` (what the authors used on Caltech-101).
             seed: seed of the subset drawn when ``importance_samples`` is set.
@@ -154,14 +148,6 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                 use it when something must see the penalty in the loss, e.g. a gradient scaler for
                 mixed precision, or plugins that rewrite gradients in ``after_backward`` and are
                 listed before this one).
-            curvature_cap: ``None`` (the paper's penalty, default) or a fraction ``c`` in (0, 1]:
-                not in the paper, an experiment on SPP's strength limit. Plain SGD (learning rate
-                ``eta``, momentum ``mu``) diverges on the penalty once ``eta * 2 lam Omega_k >
-                2 (1 + mu)`` for a weight the new task moves; with a cap each weight's penalty
-                curvature is clipped, ``lam * Omega_k <= c (1 + mu) / eta``, so a larger ``lam``
-                strengthens the many small importances without destabilising the few large
-                ones. Needs an SGD optimiser (``eta`` and ``mu`` are read from its first
-                parameter group at the start of each experience).
 
         Raises:
             ValueError: an argument outside its allowed values.
@@ -185,17 +171,8 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             raise ValueError('clamp="none" gives negative importances, which cannot weigh a penalty')
         if clamp == "sample" and fisher != "per_sample":
             raise ValueError('clamp="sample" uses each input\'s own g_n**2: it needs fisher="per_sample"')
-        check_choice("normalize", normalize, NORMALIZATIONS)
         check_choice("accumulate", accumulate, ACCUMULATIONS)
         check_choice("penalty_via", penalty_via, PENALTY_PATHS)
-        if curvature_cap is not None and (
-            isinstance(curvature_cap, bool)
-            or not isinstance(curvature_cap, (int, float))
-            or not 0 < curvature_cap <= 1
-        ):
-            raise ValueError(f"curvature_cap must be None or a number in (0, 1], got {curvature_cap!r}")
-        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 < beta < math.inf:
-            raise ValueError(f"beta must be a positive number (and finite), got {beta!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self.importance_samples = importance_samples
@@ -204,13 +181,9 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         self.taylor_of = taylor_of
         self.clamp = clamp
         self.fisher = fisher
-        self.normalize = normalize
-        self.beta = float(beta)
         self.accumulate = accumulate
         self.seed = seed
         self.penalty_via = penalty_via
-        self.curvature_cap = None if curvature_cap is None else float(curvature_cap)
-        self._omega_limit: float | None = None  # the cap's bound on Omega for this experience
 
         self.omega: dict[str, Tensor] = {}
         """Accumulated importance ``Omega^{1:t}`` by parameter name."""
@@ -234,7 +207,6 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                 "nothing to learn, measure or protect; unfreeze some parameters"
             )
         self._penalty_terms = None  # rebuilt lazily on the first step (heads may have changed)
-        self._omega_limit = self._cap_for(strategy.optimizer) if self.curvature_cap is not None else None
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         """``penalty_via="loss"``: ``strategy.loss += lam * sum Omega (W - W*)^2`` (paper eq. 5)."""
@@ -263,24 +235,13 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             return [], [], []
         model = _unwrap(strategy.model)
         if self._penalty_terms is None or self._penalty_model is not model:
-            params, anchors, omegas = self.penalty_terms(model)
-            if self._omega_limit is not None:
-                omegas = [torch.clamp(o, max=self._omega_limit) for o in omegas]
-            self._penalty_terms = (params, anchors, omegas)
+            self._penalty_terms = self._training_terms(model)
             self._penalty_model = model
         return self._penalty_terms
 
-    def _cap_for(self, optimizer: Any) -> float:
-        """``c (1 + mu) / (eta lam)``: the largest Omega whose penalty SGD can still follow."""
-        if not isinstance(optimizer, torch.optim.SGD):
-            raise ValueError(
-                f"curvature_cap needs a torch.optim.SGD optimiser (its lr and momentum set the "
-                f"bound), got {type(optimizer).__name__}; use curvature_cap=None"
-            )
-        group = optimizer.param_groups[0]
-        if self.lam == 0.0:
-            return math.inf
-        return self.curvature_cap * (1.0 + group.get("momentum", 0.0)) / (group["lr"] * self.lam)
+    def _training_terms(self, model: nn.Module) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
+        """The terms training uses (:meth:`penalty_terms`; a subclass may reshape them)."""
+        return self.penalty_terms(model)
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         """Measure this experience's importance, accumulate it, and snapshot ``W*``."""
@@ -294,8 +255,6 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             taylor_of=self.taylor_of,
             clamp=self.clamp,
             fisher=self.fisher,
-            normalize=self.normalize,
-            beta=self.beta,
             all_reduce=_all_reduce_if_distributed(),
         )
         self.importance_time_s.append(time.perf_counter() - start)
@@ -373,12 +332,9 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                 "taylor_of": self.taylor_of,
                 "clamp": self.clamp,
                 "fisher": self.fisher,
-                "normalize": self.normalize,
-                "beta": self.beta,
                 "accumulate": self.accumulate,
                 "seed": self.seed,
                 "penalty_via": self.penalty_via,
-                "curvature_cap": self.curvature_cap,
             },
         }
 
@@ -407,7 +363,7 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                 raise ValueError(f"corrupt SPPPlugin state: the anchor of {name!r} is not finite")
         settings = dict(state.get("settings", {}))
         try:
-            SPPPlugin(state["lam"], **settings)
+            type(self)(state["lam"], **settings)
         except (TypeError, ValueError) as error:
             raise ValueError(f"corrupt SPPPlugin state: its settings are refused: {error}") from None
         self.lam = _check_strength(state["lam"])
@@ -415,7 +371,7 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         self.anchor = {n: t.detach().clone() for n, t in state["anchor"].items()}
         self.importance_time_s = list(state.get("importance_time_s", []))
         for key, value in settings.items():
-            setattr(self, key, float(value) if key == "beta" else value)
+            setattr(self, key, value)
         self._penalty_terms = None
 
     def __getstate__(self) -> dict[str, Any]:

@@ -31,13 +31,13 @@ from avalanche_spp.importance import (
     DEFAULT_SCALE,
     DEFAULT_TAYLOR_OF,
     FISHER_ESTIMATES,
-    NORMALIZATIONS,
     SCALES,
     TAYLOR_OF,
     check_choice,
 )
 from avalanche_spp.plugin import ACCUMULATIONS, SPPPlugin
 from benchmarks.cnn import freeze_features
+from benchmarks.spp_variants import NORMALIZATIONS, SPPVariantPlugin
 
 METHODS = ("sgd", "sgd_f", "finetune", "ewc", "si", "mas", "lwf", "joint", "spp")
 """Every method name :func:`build_strategy` accepts, in the paper's table order."""
@@ -198,19 +198,19 @@ def build_strategy(
     elif method == "lwf":
         plugins.append(LwFPlugin(alpha=float(strength), temperature=2.0))
     elif method == "spp":
-        plugins.append(
-            SPPPlugin(
-                lam=float(strength),
-                fisher=config.spp_fisher,
-                scale=config.spp_scale,
-                taylor_of=config.spp_taylor_of,
-                clamp=config.spp_clamp,
-                normalize=config.spp_normalize,
-                accumulate=config.spp_accumulate,
-                importance_samples=config.spp_importance_samples,
-                curvature_cap=config.spp_curvature_cap,
-            )
-        )
+        options = {
+            "fisher": config.spp_fisher,
+            "scale": config.spp_scale,
+            "taylor_of": config.spp_taylor_of,
+            "clamp": config.spp_clamp,
+            "accumulate": config.spp_accumulate,
+            "importance_samples": config.spp_importance_samples,
+        }
+        variants = {"normalize": config.spp_normalize, "curvature_cap": config.spp_curvature_cap}
+        if any(value is not None for value in variants.values()):  # an experiment of the harness
+            plugins.append(SPPVariantPlugin(float(strength), **variants, **options))
+        else:
+            plugins.append(SPPPlugin(float(strength), **options))
     kwargs: dict[str, Any] = {
         "model": model,
         "optimizer": make_optimizer(model, config),

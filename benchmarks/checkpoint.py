@@ -4,7 +4,7 @@
 :func:`save_run_checkpoint` and, when the file exists as a run starts, continues from it with
 :func:`load_run_checkpoint`. A checkpoint carries the run's *fingerprint* (method, benchmark,
 seed, strength, split, budget, model shapes): one written by another run, or one that cannot be
-read, is refused with :class:`~avalanche_spp.errors.CheckpointMismatchError`, never half-used.
+read, is refused with :class:`~benchmarks.errors.CheckpointMismatchError`, never half-used.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
 
-from avalanche_spp.errors import CheckpointMismatchError
+from benchmarks.errors import CheckpointMismatchError
 
 #: What a checkpoint's progress holds besides the strategy (see :func:`save_run_checkpoint`).
 PROGRESS_KEYS = ("fingerprint", "matrix", "train_seconds", "next_task", "diverged_at", "penalty_importance")

@@ -37,8 +37,8 @@ from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
 from torch.utils.data import Dataset
 from torchvision.transforms import RandomHorizontalFlip
 
-from avalanche_spp.errors import DatasetNotFoundError
 from benchmarks.builders import _exactly, stratified_split, stratified_take
+from benchmarks.errors import DatasetNotFoundError
 from benchmarks.image_files import (
     _LETTERS,
     _SOURCES,

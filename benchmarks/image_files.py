@@ -2,7 +2,7 @@
 
 Each reader returns ``uint8`` images ``(N, C, H, W)`` and ``int64`` labels ``(N,)`` (IDX for MNIST,
 pickles for CIFAR, .mat for SVHN, binaries for STL-10, PNG folders for notMNIST); a missing data set
-raises :class:`~avalanche_spp.errors.DatasetNotFoundError` naming the folder and the files expected
+raises :class:`~benchmarks.errors.DatasetNotFoundError` naming the folder and the files expected
 (docs/datasets.md). :class:`InMemoryImages` and :class:`ImageFiles` are the datasets handed to
 Avalanche. :mod:`benchmarks.image_data` builds the benchmarks from them.
 """
@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms.functional import pil_to_tensor
 
-from avalanche_spp.errors import DatasetCorruptError, DatasetNotFoundError
+from benchmarks.errors import DatasetCorruptError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
 

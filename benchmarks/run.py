@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
-from avalanche_spp.errors import CheckpointMismatchError, DatasetCorruptError
 from avalanche_spp.importance import (
     DivergedError,
 )
 from benchmarks.baselines import STRENGTH_NAMES, TrainConfig
+from benchmarks.errors import CheckpointMismatchError, DatasetCorruptError
 from benchmarks.experiment import TensorSaver, run_method, tune_strength
 from benchmarks.records import read_json, summarize, write_json
 from benchmarks.report import markdown_table, write_report

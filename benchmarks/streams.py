@@ -52,10 +52,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks.builders import _build_permuted, _build_split, _check_limits
+
 # One error class for every data set of the package (image_data raises it too): a
 # FileNotFoundError whose message names the folder, the files expected and how to obtain them.
-from avalanche_spp.errors import DatasetCorruptError, DatasetNotFoundError
-from benchmarks.builders import _build_permuted, _build_split, _check_limits
+from benchmarks.errors import DatasetCorruptError, DatasetNotFoundError
 from benchmarks.info import MIN_IMAGE_SIZE, SPLITS, BenchmarkInfo, _Spec
 from benchmarks.tensor_data import FlatImageDataset, _Arrays, _load_digits, _load_fashion_mnist, _load_mnist
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avalanche_spp.errors import DatasetCorruptError
 from avalanche_spp.importance import DivergedError
 from benchmarks.baselines import STRENGTH_NAMES, TrainConfig
+from benchmarks.errors import DatasetCorruptError
 from benchmarks.experiment import run_method
 from benchmarks.plots import plot_lambda_sweep
 from benchmarks.records import read_json, write_json

@@ -21,7 +21,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from avalanche_spp.errors import DatasetCorruptError, DatasetNotFoundError
+from benchmarks.errors import DatasetCorruptError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
 

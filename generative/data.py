@@ -45,7 +45,7 @@ from torch import Tensor
 from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import Dataset, Subset
 
-from avalanche_spp.errors import DatasetCorruptError
+from benchmarks.errors import DatasetCorruptError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import argparse
 import logging
 import sys
 
-from avalanche_spp.errors import DatasetCorruptError
 from avalanche_spp.importance import SCALES, TAYLOR_OF
+from benchmarks.errors import DatasetCorruptError
 from generative.config import FISHER_CHOICES, SequenceConfig, UsageError
 from generative.data import DOMAINS, DatasetNotFoundError
 from generative.fid import FALLBACK_LABEL, FIDWeightsNotFoundError

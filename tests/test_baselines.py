@@ -76,6 +76,7 @@ def test_every_spp_setting_of_the_train_config_reaches_the_plugin():
         other = build_strategy("spp", model, TrainConfig(epochs=1, hidden=(16,), **{key: value}))
         (found,) = [p for p in other.plugins if isinstance(p, SPPPlugin)]
         assert found.state_dict()["settings"][key[4:]] == value
+        assert type(found) is SPPPlugin  # no variant asked for: the library's own class
 
 
 def test_every_method_gets_the_same_number_of_grid_points_around_its_default():

@@ -20,9 +20,9 @@ from standins import (
     write_notmnist,
 )
 
-from avalanche_spp.errors import DatasetNotFoundError
 from benchmarks import image_data
 from benchmarks.builders import stratified_split, stratified_take
+from benchmarks.errors import DatasetNotFoundError
 from benchmarks.image_data import build
 from benchmarks.image_files import missing_data
 

@@ -188,24 +188,6 @@ def test_authors_first_order_sign_flips_only_the_gradient_term():
     torch.testing.assert_close(authors["0.weight"] - paper["0.weight"], 2 * g * w)
 
 
-def test_normalisations():
-    model = _tiny_mlp(seed=9)
-    x = torch.randn(30, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
-    plain = entropy_importance(model, [x])
-    peak = entropy_importance(model, [x], normalize="max")
-    sharp = entropy_importance(model, [x], normalize="softmax", beta=3.0)
-    for name in plain:
-        if plain[name].max() > 0:
-            torch.testing.assert_close(peak[name], plain[name] / plain[name].max())
-        if plain[name].max() == 0:  # no importance at all: left at zero (stays free)
-            assert sharp[name].abs().max() == 0
-            continue
-        # in units of the tensor's mean importance, so that beta is free of Omega's scale
-        expected = torch.softmax(3.0 * (plain[name] / plain[name].mean()).reshape(-1), 0).view_as(plain[name])
-        torch.testing.assert_close(sharp[name], expected)
-        assert sharp[name].sum().item() == pytest.approx(1.0)
-
-
 def test_saturated_logits_give_finite_entropy_and_importance():
     logits = torch.tensor([[1e4, -1e4, 0.0], [50.0, 50.0, -1e5]])
     entropy = categorical_entropy(logits)
@@ -284,8 +266,6 @@ def test_model_mode_is_restored():
         ({"fisher": "diag"}, "fisher must be one of"),
         ({"hessian": "full"}, "hessian must be one of"),
         ({"taylor_of": "plus"}, "taylor_of must be one of"),
-        ({"normalize": "l2"}, "normalize must be one of"),
-        ({"beta": -1.0}, "beta must be a positive number"),
         ({"max_batches": 0}, "max_batches must be a positive int"),
     ],
 )
@@ -405,27 +385,6 @@ def test_linear_backend_refuses_models_it_cannot_handle():
         w, g = p.detach(), grads[name]
         expected = (-g.mean(0) * w + 0.5 * w * w * (g * g).mean(0)).clamp_min(0)
         torch.testing.assert_close(auto[name], expected, rtol=1e-9, atol=1e-15)
-
-
-def test_softmax_normalisation_leaves_a_tensor_without_importance_at_zero():
-    # A later task's head takes no part in this task's output: its Omega is exactly 0, and the
-    # sharpening must not spread 1/n over it (it would be penalised before its task is learned).
-    class TwoHeads(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.trunk = nn.Linear(4, 6).double()
-            self.head0 = nn.Linear(6, 3).double()
-            self.head1 = nn.Linear(6, 3).double()
-
-        def forward(self, x):
-            return self.head0(torch.tanh(self.trunk(x)))
-
-    torch.manual_seed(0)
-    model = TwoHeads()
-    x = torch.randn(20, 4, dtype=torch.float64)
-    sharp = entropy_importance(model, [x], normalize="softmax")
-    assert torch.count_nonzero(sharp["head1.weight"]) == 0 and torch.count_nonzero(sharp["head1.bias"]) == 0
-    assert sharp["head0.weight"].sum().item() == pytest.approx(1.0)
 
 
 # --------------------------------------------------------------- where the clamp sits, and the sign
@@ -567,23 +526,6 @@ def test_spp_penalty_value_matches_its_gradient_for_any_sign_of_omega():
     assert value.item() == pytest.approx(1.0 * 1.0 - 1.0 * 4.0)  # -3, not the L1 norm 5
     value.backward()
     torch.testing.assert_close(w.grad, 2 * omega * w.detach())
-
-
-def test_softmax_normalisation_sharpens_on_any_scale():
-    model = _tiny_mlp(seed=7)
-    x = torch.randn(50, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
-    plain = entropy_importance(model, [x])["0.weight"]
-    ratios = []
-    for beta in (1.0, 3.0):
-        sharp = entropy_importance(model, [x], normalize="softmax", beta=beta)["0.weight"]
-        ratios.append((sharp.max() / sharp.min()).item())
-        # same ranking as the importance itself
-        assert torch.equal(sharp.flatten().argsort(), plain.flatten().argsort()) or torch.equal(
-            sharp.flatten().argmax(), plain.flatten().argmax()
-        )
-    # Omega is ~1e-3 here: a softmax of the raw values would give a max/min ratio of ~1.00.
-    assert plain.max().item() < 0.1
-    assert ratios[0] > 3.0 and ratios[1] > ratios[0] ** 2
 
 
 def test_the_function_defaults_are_the_plugin_defaults():
@@ -732,21 +674,6 @@ def test_batches_must_be_an_iterable_of_items_not_a_mapping():
     for batches in ({"x": torch.zeros(2, 4)}, 3, "abc"):
         with pytest.raises(ValueError, match="batches must be an iterable of input batches"):
             entropy_importance(model, batches)
-
-
-def test_max_normalisation_leaves_a_tensor_without_importance_at_zero():
-    class _TwoHeads(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.used, self.unused = nn.Linear(4, 3).double(), nn.Linear(4, 3).double()
-
-        def forward(self, x):
-            return self.used(x)
-
-    torch.manual_seed(0)
-    omega = entropy_importance(_TwoHeads(), [torch.randn(8, 4, dtype=torch.float64)], normalize="max")
-    assert torch.count_nonzero(omega["unused.weight"]) == 0 and torch.isfinite(omega["unused.weight"]).all()
-    assert omega["used.weight"].max().item() == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("clamp", ["batch", "experience", "sample"])

@@ -22,9 +22,9 @@ import torch
 from test_generative import _argv as vae_argv
 from test_generative import write_anime, write_celeba
 
-from avalanche_spp.errors import CheckpointMismatchError
 from benchmarks import run as run_cli
 from benchmarks.baselines import TrainConfig
+from benchmarks.errors import CheckpointMismatchError
 from benchmarks.experiment import run_method
 from generative import vae_sequence
 

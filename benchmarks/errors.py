@@ -1,8 +1,9 @@
-"""Errors shared by the data and model modules of avalanche-spp.
+"""Errors of the harness's data sets and checkpoints, shared by :mod:`benchmarks` and :mod:`generative`.
 
-Kept in a module of its own (no imports from the rest of the package) so that
-:mod:`benchmarks.streams` and :mod:`benchmarks.image_data` can both raise and catch the
-same class without importing each other.
+Kept in a module of its own (it imports nothing) so that :mod:`benchmarks.streams`,
+:mod:`benchmarks.image_data` and :mod:`generative.data` can raise and catch the same class without
+importing each other. The library (:mod:`avalanche_spp`) reads no data set and writes no
+checkpoint, so it raises none of these.
 """
 
 from __future__ import annotations

@@ -1,0 +1,111 @@
+"""SPP variants the harness compares, kept out of the library: the authors' sharpening, and a cap.
+
+:class:`SPPVariantPlugin` is :class:`avalanche_spp.SPPPlugin` with two experiments on top, each off
+by default (``--spp-normalize`` and ``--spp-curvature-cap`` of ``benchmarks.run``; their results are
+in docs/results/spp_variants):
+
+- ``normalize``: each experience's importance rescaled per tensor before it is accumulated:
+  ``"max"`` divides by the tensor's maximum, ``"softmax"`` is the authors' sharpening
+  ``exp(beta * Omega / m) / sum exp(beta * Omega / m)``, ``m`` the tensor's mean ``Omega``, so
+  ``beta`` sets the sharpness whatever the units of ``Omega``.
+- ``curvature_cap``: not in the paper. Plain SGD (learning rate ``eta``, momentum ``mu``) diverges
+  on the penalty once ``eta * 2 lam Omega_k > 2 (1 + mu)`` for a weight the new task moves; with a
+  cap ``c`` in (0, 1] each weight's penalty curvature is clipped, ``lam * Omega_k <= c (1 + mu) /
+  eta``, so a larger ``lam`` strengthens the many small importances without destabilising the few
+  large ones. Needs an SGD optimiser (``eta`` and ``mu`` are read from its first parameter group at
+  the start of each experience).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from avalanche_spp.importance import check_choice
+from avalanche_spp.plugin import SPPPlugin
+
+NORMALIZATIONS = (None, "max", "softmax")
+
+
+class SPPVariantPlugin(SPPPlugin):
+    """:class:`~avalanche_spp.SPPPlugin` with the harness's variants (see the module docstring)."""
+
+    def __init__(
+        self,
+        lam: float = 1.0,
+        *,
+        normalize: str | None = None,
+        beta: float = 1.0,
+        curvature_cap: float | None = None,
+        **options: Any,
+    ) -> None:
+        """``SPPPlugin(lam, **options)``, plus ``normalize``, ``beta`` and ``curvature_cap``."""
+        super().__init__(lam, **options)
+        check_choice("normalize", normalize, NORMALIZATIONS)
+        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 < beta < math.inf:
+            raise ValueError(f"beta must be a positive number (and finite), got {beta!r}")
+        if curvature_cap is not None and (
+            isinstance(curvature_cap, bool)
+            or not isinstance(curvature_cap, (int, float))
+            or not 0 < curvature_cap <= 1
+        ):
+            raise ValueError(f"curvature_cap must be None or a number in (0, 1], got {curvature_cap!r}")
+        self.normalize = normalize
+        self.beta = float(beta)
+        self.curvature_cap = None if curvature_cap is None else float(curvature_cap)
+        self._omega_limit: float | None = None
+
+    def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """As the library's, and read the SGD step that bounds the cap."""
+        super().before_training_exp(strategy, **kwargs)
+        self._omega_limit = self._cap_for(strategy.optimizer) if self.curvature_cap is not None else None
+
+    def _cap_for(self, optimizer: Any) -> float:
+        """``c (1 + mu) / (eta lam)``: the largest Omega whose penalty SGD can still follow."""
+        if not isinstance(optimizer, torch.optim.SGD):
+            raise ValueError(
+                f"curvature_cap needs a torch.optim.SGD optimiser (its lr and momentum set the "
+                f"bound), got {type(optimizer).__name__}; use curvature_cap=None"
+            )
+        group = optimizer.param_groups[0]
+        if self.lam == 0.0:
+            return math.inf
+        return self.curvature_cap * (1.0 + group.get("momentum", 0.0)) / (group["lr"] * self.lam)
+
+    def _training_terms(self, model: nn.Module) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
+        params, anchors, omegas = super()._training_terms(model)
+        if self._omega_limit is not None:
+            omegas = [torch.clamp(o, max=self._omega_limit) for o in omegas]
+        return params, anchors, omegas
+
+    def update(self, model: nn.Module, omega: dict[str, Tensor]) -> None:
+        """Normalise this experience's importance per tensor, then fold it in as the library does."""
+        super().update(model, {n: _normalize(v, self.normalize, self.beta) for n, v in omega.items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["settings"].update(normalize=self.normalize, beta=self.beta, curvature_cap=self.curvature_cap)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.beta = float(self.beta)
+
+
+def _normalize(omega: Tensor, normalize: str | None, beta: float) -> Tensor:
+    if normalize is None:
+        return omega
+    if normalize == "max":
+        peak = omega.max()
+        return omega / peak if peak > 0 else omega
+    mean = omega.mean()
+    if not bool(mean > 0):
+        # A tensor with no importance at all (a head that took no part, e.g. a later task's)
+        # stays free: a softmax would spread 1/n over it and penalise it before it is learned.
+        return omega
+    # In units of the tensor's mean importance, so beta sets the sharpness whatever Omega's scale.
+    flat = torch.softmax(beta * (omega / mean).reshape(-1), dim=0)
+    return flat.view_as(omega)

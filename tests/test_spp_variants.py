@@ -1,0 +1,192 @@
+"""Tests of benchmarks/spp_variants.py: the authors' sharpening and the curvature cap (not the library)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from avalanche.models import MTSimpleMLP
+from avalanche.training import Naive
+from test_importance import _tiny_mlp
+from test_plugin import _strategy, _stream, _weights
+from torch import nn
+
+from avalanche_spp import SPPPlugin
+from avalanche_spp.importance import DivergedError, entropy_importance
+from benchmarks.spp_variants import SPPVariantPlugin, _normalize
+
+
+def _normalized(model, x, normalize, beta=1.0):
+    return {n: _normalize(v, normalize, beta) for n, v in entropy_importance(model, [x]).items()}
+
+
+def test_normalisations():
+    model = _tiny_mlp(seed=9)
+    x = torch.randn(30, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    plain = entropy_importance(model, [x])
+    peak = _normalized(model, x, "max")
+    sharp = _normalized(model, x, "softmax", beta=3.0)
+    for name in plain:
+        if plain[name].max() > 0:
+            torch.testing.assert_close(peak[name], plain[name] / plain[name].max())
+        if plain[name].max() == 0:  # no importance at all: left at zero (stays free)
+            assert sharp[name].abs().max() == 0
+            continue
+        # in units of the tensor's mean importance, so that beta is free of Omega's scale
+        expected = torch.softmax(3.0 * (plain[name] / plain[name].mean()).reshape(-1), 0).view_as(plain[name])
+        torch.testing.assert_close(sharp[name], expected)
+        assert sharp[name].sum().item() == pytest.approx(1.0)
+
+
+def test_softmax_normalisation_leaves_a_tensor_without_importance_at_zero():
+    # A later task's head takes no part in this task's output: its Omega is exactly 0, and the
+    # sharpening must not spread 1/n over it (it would be penalised before its task is learned).
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = nn.Linear(4, 6).double()
+            self.head0 = nn.Linear(6, 3).double()
+            self.head1 = nn.Linear(6, 3).double()
+
+        def forward(self, x):
+            return self.head0(torch.tanh(self.trunk(x)))
+
+    torch.manual_seed(0)
+    model = TwoHeads()
+    x = torch.randn(20, 4, dtype=torch.float64)
+    sharp = _normalized(model, x, "softmax")
+    assert torch.count_nonzero(sharp["head1.weight"]) == 0 and torch.count_nonzero(sharp["head1.bias"]) == 0
+    assert sharp["head0.weight"].sum().item() == pytest.approx(1.0)
+
+
+def test_softmax_normalisation_sharpens_on_any_scale():
+    model = _tiny_mlp(seed=7)
+    x = torch.randn(50, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    plain = entropy_importance(model, [x])["0.weight"]
+    ratios = []
+    for beta in (1.0, 3.0):
+        sharp = _normalized(model, x, "softmax", beta=beta)["0.weight"]
+        ratios.append((sharp.max() / sharp.min()).item())
+        # same ranking as the importance itself
+        assert torch.equal(sharp.flatten().argsort(), plain.flatten().argsort()) or torch.equal(
+            sharp.flatten().argmax(), plain.flatten().argmax()
+        )
+    # Omega is ~1e-3 here: a softmax of the raw values would give a max/min ratio of ~1.00.
+    assert plain.max().item() < 0.1
+    assert ratios[0] > 3.0 and ratios[1] > ratios[0] ** 2
+
+
+def test_max_normalisation_leaves_a_tensor_without_importance_at_zero():
+    class _TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.unused = nn.Linear(4, 3).double(), nn.Linear(4, 3).double()
+
+        def forward(self, x):
+            return self.used(x)
+
+    torch.manual_seed(0)
+    omega = _normalized(_TwoHeads(), torch.randn(8, 4, dtype=torch.float64), "max")
+    assert torch.count_nonzero(omega["unused.weight"]) == 0 and torch.isfinite(omega["unused.weight"]).all()
+    assert omega["used.weight"].max().item() == pytest.approx(1.0)
+
+
+def _two_tasks_with(lam: float, curvature_cap: float | None, lr: float = 0.05):
+    torch.manual_seed(0)
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    paper = {"scale": "raw", "clamp": "experience", "fisher": "per_sample", "taylor_of": "entropy"}
+    plugin = SPPVariantPlugin(lam=lam, curvature_cap=curvature_cap, **paper)  # the raw Omega the cap is about
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=16,
+        train_epochs=2,
+        plugins=[plugin],
+        evaluator=None,
+    )
+    strategy.train(bench.train_stream[0])
+    strategy.train(bench.train_stream[1])
+    return model, plugin, strategy
+
+
+def test_curvature_cap_clips_lam_omega_to_what_sgd_can_follow():
+    lam, cap, lr = 1e6, 0.5, 0.05
+    model, plugin, strategy = _two_tasks_with(lam, cap, lr)
+    bound = cap * (1 + 0.9) / (lr * lam)
+    assert max(o.max().item() for o in plugin.omega.values()) > bound  # the cap is active
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    w_star = _weights(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+            p.grad = torch.zeros_like(p)  # as if the loss reached every parameter with gradient 0
+    plugin.after_backward(strategy)
+    params = dict(model.named_parameters())
+    for name, omega in plugin.omega.items():
+        expected = 2 * lam * omega.clamp(max=bound) * (params[name].detach() - w_star[name])
+        torch.testing.assert_close(params[name].grad, expected, msg=name)
+
+
+def test_without_the_cap_the_same_strength_diverges():
+    with pytest.raises(DivergedError, match="not finite"):  # found by the importance pass after task 2
+        _two_tasks_with(1e6, None)
+
+
+def test_curvature_cap_is_checked():
+    with pytest.raises(ValueError, match=r"curvature_cap must be None or a number in \(0, 1\]"):
+        SPPVariantPlugin(curvature_cap=1.5)
+    plugin = SPPVariantPlugin(curvature_cap=0.5)
+    model = nn.Linear(2, 2)
+    strategy = SimpleNamespace(model=model, optimizer=torch.optim.Adam(model.parameters()))
+    with pytest.raises(ValueError, match="needs a torch.optim.SGD optimiser"):
+        plugin.before_training_exp(strategy)
+
+
+def test_curvature_cap_bound_at_lam_one_and_without_lam():
+    plugin = SPPVariantPlugin(lam=1.0, curvature_cap=0.5)
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.5)
+    assert plugin._cap_for(optimizer) == pytest.approx(0.5 * 1.5 / 0.1)  # c (1 + mu) / (eta lam)
+    assert SPPVariantPlugin(lam=0.0, curvature_cap=0.5)._cap_for(optimizer) == math.inf
+
+
+def test_variant_state_round_trips_converts_beta_and_a_library_plugin_refuses_it():
+    torch.manual_seed(0)
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    plugin = SPPVariantPlugin(lam=0.5, normalize="softmax", beta=2.0, curvature_cap=0.5)
+    _strategy(model, [plugin], epochs=1).train(_stream().train_stream[0])
+    for name, omega in plugin.omega.items():  # each tensor is a softmax: it sums to 1 (or stays 0)
+        assert omega.sum().item() == pytest.approx(1.0) or omega.sum().item() == 0.0, name
+    state = plugin.state_dict()
+    assert state["settings"]["normalize"] == "softmax" and state["settings"]["curvature_cap"] == 0.5
+    state["settings"]["beta"] = 3  # an int, as a hand-written state may hold
+    fresh = SPPVariantPlugin()
+    fresh.load_state_dict(state)
+    assert fresh.beta == 3.0 and isinstance(fresh.beta, float)
+    assert (fresh.normalize, fresh.curvature_cap) == ("softmax", 0.5)
+    with pytest.raises(ValueError, match="its settings are refused"):
+        SPPPlugin().load_state_dict(state)  # the library has no such settings
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"normalize": "l1"}, "normalize must be one of"),
+        ({"beta": 0}, "beta must be a positive number"),
+        ({"beta": True}, "beta must be a positive number"),
+        ({"curvature_cap": True}, "curvature_cap must be None or a number"),
+        ({"fisher": "full"}, "fisher must be one of"),  # the library's own checks still run
+    ],
+)
+def test_invalid_variant_arguments_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SPPVariantPlugin(**kwargs)
+
+
+def test_the_library_plugin_has_no_variant_arguments():
+    for name in ("normalize", "beta", "curvature_cap"):
+        with pytest.raises(TypeError):
+            SPPPlugin(**{name: None})
