@@ -233,21 +233,8 @@ class _ImportanceOptions:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         _check_batches(batches)
-        check_choice("taylor_of", taylor_of, TAYLOR_OF)
-        if isinstance(clamp, bool):
-            raise ValueError(
-                f"clamp takes where max(0, .) sits, one of {list(CLAMPS)}, not a bool: "
-                f"clamp={clamp!r} is clamp={'experience' if clamp else 'none'!r}"
-            )
-        check_choice("clamp", clamp, CLAMPS)
-        check_choice("fisher", fisher, FISHER_ESTIMATES)
-        check_choice("hessian", hessian, HESSIANS)
+        check_form(taylor_of, clamp, fisher, hessian)
         check_choice("per_sample_backend", per_sample_backend, PER_SAMPLE_BACKENDS)
-        if clamp == "sample" and (fisher != "per_sample" or hessian != "fisher"):
-            raise ValueError(
-                'clamp="sample" clamps each input\'s own estimate, whose curvature is its own g_n**2: '
-                'it needs fisher="per_sample" and hessian="fisher"'
-            )
         if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
             raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
         params = trainable_parameters(model)
@@ -379,6 +366,25 @@ def _clamped_estimate(x: Tensor, sign: float) -> Tensor:
     whenever the curvature is the same gradient's square (one sample's ``g_n``, or the batch
     Fisher's ``g_b``)."""
     return x.mul(0.5).add_(sign).mul_(x).clamp_min_(0.0)
+
+
+def check_form(taylor_of: str, clamp: str, fisher: str, hessian: str = "fisher") -> None:
+    """Refuse an unknown ``taylor_of``, ``clamp``, ``fisher`` or ``hessian``, or a per-sample clamp
+    without its per-sample curvature, with ``ValueError`` naming the allowed values."""
+    check_choice("taylor_of", taylor_of, TAYLOR_OF)
+    if isinstance(clamp, bool):
+        raise ValueError(
+            f"clamp must be one of {list(CLAMPS)} (where max(0, .) sits), not a bool: "
+            f"clamp={clamp!r} is clamp={'experience' if clamp else 'none'!r}"
+        )
+    check_choice("clamp", clamp, CLAMPS)
+    check_choice("fisher", fisher, FISHER_ESTIMATES)
+    check_choice("hessian", hessian, HESSIANS)
+    if clamp == "sample" and (fisher != "per_sample" or hessian != "fisher"):
+        raise ValueError(
+            'clamp="sample" clamps each input\'s own estimate, whose curvature is its own g_n**2: '
+            'it needs fisher="per_sample" and hessian="fisher"'
+        )
 
 
 def check_choice(name: str, value: Any, allowed: tuple) -> None:

@@ -28,16 +28,14 @@ from torch.utils.data import DataLoader, Subset
 from avalanche_spp._model_parts import _forward_for, _grow_to, _leaves_reached, _only
 from avalanche_spp.distributed import _all_reduce_if_distributed, _distributed_sampler, _unwrap
 from avalanche_spp.importance import (
-    CLAMPS,
     DEFAULT_CLAMP,
     DEFAULT_FISHER,
     DEFAULT_LAM,
     DEFAULT_SCALE,
     DEFAULT_TAYLOR_OF,
-    FISHER_ESTIMATES,
     SCALES,
-    TAYLOR_OF,
     check_choice,
+    check_form,
     entropy_importance,
     trainable_parameters,
 )
@@ -161,16 +159,10 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             )
         if not _is_positive_int(importance_batch_size):
             raise ValueError(f"importance_batch_size must be a positive int, got {importance_batch_size!r}")
-        check_choice("fisher", fisher, FISHER_ESTIMATES)
+        check_form(taylor_of, clamp, fisher)
         check_choice("scale", scale, SCALES)
-        check_choice("taylor_of", taylor_of, TAYLOR_OF)
-        if isinstance(clamp, bool):
-            raise ValueError(f"clamp must be one of {list(CLAMPS)}, got {clamp!r}")
-        check_choice("clamp", clamp, CLAMPS)
         if clamp == "none":
             raise ValueError('clamp="none" gives negative importances, which cannot weigh a penalty')
-        if clamp == "sample" and fisher != "per_sample":
-            raise ValueError('clamp="sample" uses each input\'s own g_n**2: it needs fisher="per_sample"')
         check_choice("accumulate", accumulate, ACCUMULATIONS)
         check_choice("penalty_via", penalty_via, PENALTY_PATHS)
         if not isinstance(seed, int) or isinstance(seed, bool):
