@@ -180,7 +180,11 @@ def _record_linear_layers(
             return None
     outputs = [seen[layer][0][1] for layer in used]
     tensors = list(params.values())
-    grads = torch.autograd.grad(entropy, outputs + tensors, allow_unused=True) if outputs else []
+    wrt = outputs + tensors
+    # An output that reads no parameter (no layer called) has no gradient at all: every one is zero.
+    grads = [None] * len(wrt)
+    if entropy.requires_grad:
+        grads = list(torch.autograd.grad(entropy, wrt, allow_unused=True))
     recorded = {}
     for layer, d in zip(used, grads[: len(used)], strict=True):
         a = seen[layer][0][0].detach().to(_acc_dtype(layer.weight))

@@ -710,3 +710,200 @@ def test_exact_hessian_is_used_with_the_default_clamp_and_fisher():
     fisher = _entropy_importance(model, x.split(4))  # the defaults: batch clamp, batch Fisher
     exact = _entropy_importance(model, x.split(4), hessian="exact")
     assert any(not torch.allclose(exact[n], fisher[n]) for n in fisher)
+
+
+def test_mean_importance_of_nothing_is_zero_and_penalty_terms_must_be_sequences():
+    from avalanche_spp.penalty import mean_importance
+
+    assert mean_importance([]) == 0.0 and mean_importance([torch.zeros(0)]) == 0.0
+    assert mean_importance([torch.ones(2), torch.zeros(2)]) == 0.5
+    w = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match="params must be a list or tuple of tensors"):
+        spp_penalty((p for p in [w]), [torch.ones(2)], [torch.ones(2)])  # a generator is not a sequence
+
+
+# --------------------------------------------- devices, dtypes, empty batches and the gradient paths
+def test_inputs_and_the_sample_count_go_to_the_parameters_device(monkeypatch):
+    import avalanche_spp.importance as importance
+    from avalanche_spp._gradients import _to_device
+
+    moved = _to_device((torch.zeros(2), 3), torch.device("meta"))
+    assert moved[0].device.type == "meta" and moved[1] == 3
+    devices = []
+    real = importance._to_device
+    spy = lambda inputs, device: devices.append(device) or real(inputs, device)  # noqa: E731
+    monkeypatch.setattr(importance, "_to_device", spy)
+    model = _tiny_mlp()
+    counts = []
+
+    def all_reduce(tensor):
+        counts.append(tensor.device)
+
+    torch.set_default_device("meta")  # a tensor made without an explicit device would land here
+    try:
+        x = torch.randn(3, 4, dtype=torch.float64, device="cpu")
+        _entropy_importance(model, [x], all_reduce=all_reduce)
+    finally:
+        torch.set_default_device("cpu")
+    assert devices == [torch.device("cpu")] and {d.type for d in counts} == {"cpu"}
+
+
+def test_an_empty_batch_is_skipped_not_the_end_and_max_batches_1_reads_one():
+    model = _tiny_mlp(seed=4)
+    x = torch.randn(12, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    empty = torch.zeros(0, 4, dtype=torch.float64)
+    skipped = _entropy_importance(model, [x[:6], empty, x[6:]])
+    expected = _entropy_importance(model, [x[:6], x[6:]])
+    first = _entropy_importance(model, [x[:6], x[6:]], max_batches=1)
+    for name in expected:
+        torch.testing.assert_close(skipped[name], expected[name])
+        torch.testing.assert_close(first[name], _entropy_importance(model, [x[:6]])[name])
+
+
+def test_the_exact_hessian_limit_is_inclusive():
+    from avalanche_spp.importance import EXACT_HESSIAN_MAX_PARAMS
+
+    at_limit = nn.Linear(EXACT_HESSIAN_MAX_PARAMS // 4 - 1, 4)  # (n - 1) * 4 weights + 4 biases = n
+    assert sum(p.numel() for p in at_limit.parameters()) == EXACT_HESSIAN_MAX_PARAMS
+    with pytest.raises(ValueError, match="no input sample"):  # allowed: it fails on the data, not the size
+        _entropy_importance(at_limit, [], hessian="exact")
+
+
+def test_exact_hessian_is_float64_exact_and_allows_a_gradient_free_of_its_own_weight():
+    model = _tiny_mlp(seed=6)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    omega = _entropy_importance(model, [x], hessian="exact", clamp="none", taylor_of="entropy")
+    params = dict(model.named_parameters())
+
+    def mean_entropy(w):
+        return categorical_entropy(torch.func.functional_call(model, {**params, "2.weight": w}, (x,))).mean()
+
+    w = params["2.weight"].detach()
+    g = torch.func.grad(mean_entropy)(w)
+    h = torch.func.hessian(mean_entropy)(w).reshape(w.numel(), w.numel()).diagonal().view_as(w)
+    torch.testing.assert_close(omega["2.weight"], -g * w + 0.5 * w * w * h, rtol=1e-12, atol=1e-15)
+
+    class Scaled(nn.Module):  # out = s * tanh(W x): dH/ds = tanh(W x) does not depend on s
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nn.Linear(4, 3).double()
+            self.s = nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+
+        def forward(self, x):
+            return self.s * torch.tanh(self.inner(x))
+
+    linear_entropy = lambda out: out.sum(dim=1)  # noqa: E731  (linear in s)
+    exact = _entropy_importance(Scaled(), [x], hessian="exact", entropy_fn=linear_entropy, clamp="none")
+    assert torch.isfinite(exact["s"]).all()
+
+
+def test_vmap_means_vmap_and_the_backend_does_not_concern_the_batch_fisher(monkeypatch):
+    import avalanche_spp._gradients as gradients
+
+    calls = []
+    real = gradients._record_linear_layers
+    monkeypatch.setattr(gradients, "_record_linear_layers", lambda *a: calls.append(1) or real(*a))
+    model = _tiny_mlp()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    _entropy_importance(model, [x], fisher="per_sample", clamp="sample", per_sample_backend="vmap")
+    assert calls == []
+    _entropy_importance(model, [x], fisher="per_sample", clamp="sample")
+    assert calls == [1]  # "auto" on an MLP does use the shortcut
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3)).double()
+    images = torch.randn(4, 1, 4, 4, dtype=torch.float64)
+    omega = _entropy_importance(conv, [images], fisher="batch", per_sample_backend="linear")
+    assert set(omega) == {n for n, _ in conv.named_parameters()}
+
+
+@pytest.mark.parametrize("clamp", ["experience", "sample"])
+def test_per_sample_sums_over_many_chunks_equal_one_chunk(clamp, monkeypatch):
+    import avalanche_spp._gradients as gradients
+
+    model = _tiny_mlp(seed=8)
+    x = torch.randn(9, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    options = {"fisher": "per_sample", "clamp": clamp, "per_sample_backend": "vmap"}
+    whole = _entropy_importance(model, [x], **options)
+    monkeypatch.setattr(gradients, "_PER_SAMPLE_BUDGET", 50)  # two samples of 43 scalars per chunk at most
+    chunked = _entropy_importance(model, [x], **options)
+    for name in whole:
+        torch.testing.assert_close(chunked[name], whole[name], rtol=1e-12, atol=0.0, msg=name)
+
+
+def test_linear_sums_skip_a_frozen_bias_and_follow_an_output_the_entropy_never_reads():
+    class SideBranch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.side, self.head = nn.Linear(4, 5), nn.Linear(4, 2), nn.Linear(5, 3)
+
+        def forward(self, x):
+            self.side(x)  # called, its output unused: its output gradient is None
+            return self.head(torch.tanh(self.body(x)))
+
+    torch.manual_seed(0)
+    model = SideBranch().double()
+    model.head.bias.requires_grad_(False)
+    x = torch.randn(7, 4, dtype=torch.float64)
+    for clamp in ("experience", "sample"):
+        options = {"fisher": "per_sample", "clamp": clamp}
+        linear = _entropy_importance(model, [x], per_sample_backend="linear", **options)
+        vmap = _entropy_importance(model, [x], per_sample_backend="vmap", **options)
+        assert "head.bias" not in linear and set(linear) == set(vmap)
+        assert linear["side.weight"].abs().sum() == 0
+        for name in vmap:
+            torch.testing.assert_close(linear[name], vmap[name], msg=name)
+
+
+def test_the_shortcut_checks_a_bias_used_outside_its_layer_even_when_its_weight_is_frozen():
+    class SharedBias(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Linear(4, 3), nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.body(x))) + self.body.bias  # body.bias also used here
+
+    torch.manual_seed(0)
+    model = SharedBias().double()
+    model.body.weight.requires_grad_(False)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    auto = _entropy_importance(model, [x], fisher="per_sample", clamp="sample")
+    vmap = _entropy_importance(model, [x], fisher="per_sample", clamp="sample", per_sample_backend="vmap")
+    for name in vmap:
+        torch.testing.assert_close(auto[name], vmap[name], msg=name)
+
+
+def test_a_model_whose_output_reads_no_layer_has_zero_importance_on_the_shortcut():
+    class Ignores(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return x[:, :3] * 2.0  # the layer is never called
+
+    x = torch.randn(5, 4, dtype=torch.float64)
+    options = {"fisher": "per_sample", "clamp": "experience", "per_sample_backend": "linear"}
+    omega = _entropy_importance(Ignores().double(), [x], **options)
+    assert all(o.abs().sum() == 0 for o in omega.values())
+
+
+@pytest.mark.parametrize("budget", [None, 36])
+def test_half_precision_sums_within_a_large_batch_in_float32(budget, monkeypatch):
+    import avalanche_spp._gradients as gradients
+    from avalanche_spp._gradients import _acc_dtype
+
+    assert _acc_dtype(torch.zeros(1)) == torch.float32
+    assert _acc_dtype(torch.zeros(1).double()) == torch.float64
+    if budget is not None:  # 36 scalars: one sample per chunk, 768 chunks summed into the batch sums
+        monkeypatch.setattr(gradients, "_PER_SAMPLE_BUDGET", budget)
+    torch.manual_seed(0)
+    exact = _UnusedHead().double()
+    half = _UnusedHead().to(torch.bfloat16)
+    half.load_state_dict(exact.state_dict())
+    x = torch.randn(768, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    options = {"fisher": "per_sample", "clamp": "experience"}
+    reference = _entropy_importance(exact, [x], **options)
+    omega = _entropy_importance(half, [x.to(torch.bfloat16)], **options)  # one batch of 768
+    for name in ("trunk.weight", "used.weight"):
+        error = float((omega[name].double() - reference[name]).abs().sum() / reference[name].abs().sum())
+        assert error < 0.05, (name, error)

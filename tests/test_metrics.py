@@ -312,3 +312,16 @@ def test_missing_experiences_name_the_expected_key_and_the_streams_found():
     )
     with pytest.raises(ValueError, match=message):
         accuracy_matrix_from_avalanche(results, 2)
+
+
+def test_the_range_check_and_the_percentage_hint_at_their_edges():
+    exact = np.tril(np.ones((2, 2)))  # accuracies of exactly 1 and 0 are valid
+    assert average_accuracy(exact) == 1.0 and backward_transfer(exact) == 0.0
+    for value, hint in ((1.5, True), (100.0, True), (100.5, False), (-0.5, False)):
+        p = np.array([[0.5, NAN], [value, 0.5]])
+        with pytest.raises(ValueError, match=rf"P\[1\]\[0\]={value}") as error:
+            average_accuracy(p)
+        assert ("look like percentages" in str(error.value)) is hint, value
+    with pytest.raises(ValueError) as error:  # a NaN next to valid fractions (even 1.0): no hint
+        average_accuracy([[0.5, NAN], [NAN, 1.0]])
+    assert "percentages" not in str(error.value)

@@ -734,3 +734,133 @@ def test_an_empty_experience_is_refused_with_its_number():
 def test_one_sample_and_batches_of_one_are_allowed():
     plugin = SPPPlugin(importance_samples=1, importance_batch_size=1)
     assert plugin.importance_samples == 1 and plugin.importance_batch_size == 1
+
+
+# ------------------------------------------------ the importance pass reads the experience as it should
+class _ViewDataset(torch.utils.data.Dataset):
+    """A data set with train and eval views (the eval view adds 1) and its own collate function."""
+
+    def __init__(self, x: torch.Tensor, offset: float = 0.0, collate_scale: float = 1.0) -> None:
+        self.x, self.offset, self.collate_scale = x, offset, collate_scale
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i] + self.offset, 0, 0
+
+    def eval(self) -> _ViewDataset:
+        return _ViewDataset(self.x, self.offset + 1.0, self.collate_scale)
+
+    def collate_fn(self, items):
+        xs = torch.stack([x for x, _, _ in items]) * self.collate_scale
+        return xs, torch.zeros(len(items), dtype=torch.long), torch.zeros(len(items), dtype=torch.long)
+
+
+def _importance_of(dataset, model, **kwargs) -> dict[str, torch.Tensor]:
+    plugin = SPPPlugin(**kwargs)
+    strategy = SimpleNamespace(model=model, experience=SimpleNamespace(dataset=dataset, current_experience=0))
+    plugin.after_training_exp(strategy)
+    return plugin.omega
+
+
+def test_the_pass_reads_every_batch_in_order_through_the_eval_view_and_the_collate_function():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x = torch.randn(23, 4, dtype=torch.float64)
+    omega = _importance_of(_ViewDataset(x, collate_scale=2.0), model, importance_batch_size=5)
+    # The eval view (+1), then the data set's own collate (x2), batches of 5 in order, all 23 samples;
+    # the default clamp is per mini-batch, so the order and the size of the batches matter.
+    expected = entropy_importance(model, list((2.0 * (x + 1.0)).split(5)))
+    for name, value in expected.items():
+        torch.testing.assert_close(omega[name], value, msg=name)
+    default = _importance_of(_ViewDataset(x), model)
+    torch.testing.assert_close(default["0.weight"], entropy_importance(model, [x + 1.0])["0.weight"])
+    assert SPPPlugin().importance_batch_size == 256  # the documented default (docs/method.md)
+
+
+def test_the_pass_uses_the_shard_the_distributed_sampler_gives(monkeypatch):
+    from avalanche_spp import distributed
+    from avalanche_spp import plugin as plugin_module
+
+    seen = []
+
+    def shard(dataset):
+        seen.append(len(dataset))
+        return distributed.ShardSampler(len(dataset), 1, 2)  # rank 1 of 2: the odd samples
+
+    monkeypatch.setattr(plugin_module, "_distributed_sampler", shard)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3)).double()
+    x = torch.randn(10, 4, dtype=torch.float64)
+    omega = _importance_of(_ViewDataset(x), model, clamp="experience")
+    assert seen == [10]
+    expected = entropy_importance(model, [x[1::2] + 1.0], clamp="experience")
+    torch.testing.assert_close(omega["0.weight"], expected["0.weight"])
+
+
+def test_the_pass_hands_the_ranks_sum_to_the_importance(monkeypatch):
+    from avalanche_spp import plugin as plugin_module
+
+    reduced = []
+    monkeypatch.setattr(plugin_module, "_all_reduce_if_distributed", lambda: reduced.append)
+    model = nn.Sequential(nn.Linear(4, 3)).double()
+    _importance_of(_ViewDataset(torch.randn(6, 4, dtype=torch.float64)), model)
+    assert len(reduced) == 3 and reduced[-1].tolist() == [6.0]  # weight, bias, then the sample count
+
+
+def test_the_default_subset_seed_is_0():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3)).double()
+    x = torch.randn(30, 4, dtype=torch.float64)
+    omega = _importance_of(_ViewDataset(x), model, importance_samples=7, clamp="experience")
+    order = sorted(torch.randperm(30, generator=torch.Generator().manual_seed(0))[:7].tolist())
+    expected = entropy_importance(model, [x[order] + 1.0], clamp="experience")
+    torch.testing.assert_close(omega["0.weight"], expected["0.weight"])
+
+
+def test_after_training_exp_refuses_an_empty_experience_itself():
+    empty = SimpleNamespace(dataset=_ViewDataset(torch.zeros(0, 4)), current_experience=3)
+    strategy = SimpleNamespace(model=nn.Linear(4, 3), experience=empty)
+    with pytest.raises(ValueError, match="experience 3 has no training sample"):
+        SPPPlugin().after_training_exp(strategy)
+
+
+def test_a_zero_strength_never_reads_the_stored_importance():
+    plugin = SPPPlugin(lam=0.0)
+    plugin.omega = {"gone.weight": torch.ones(2)}  # a parameter the model does not have
+    plugin.anchor = {"gone.weight": torch.zeros(2)}
+    model = nn.Linear(2, 2)
+    model(torch.randn(3, 2)).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    plugin.after_backward(SimpleNamespace(model=model))  # lam = 0: nothing to add, nothing to check
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
+    plugin.lam = 1.0
+    with pytest.raises(ValueError, match="no longer has"):  # what reading it would have done
+        plugin.after_backward(SimpleNamespace(model=model))
+
+
+# --------------------------------------------------------- the stored state follows the model's device
+def test_penalty_terms_follow_the_model_device_and_dtype_and_skip_only_frozen_parameters():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    plugin = SPPPlugin()
+    plugin.update(model, {n: torch.rand_like(p) for n, p in model.named_parameters()})
+    model[0].weight.requires_grad_(False)  # the first one frozen: the others are still penalised
+    params, anchors, omegas = plugin.penalty_terms(model)
+    assert [p is q for p, q in zip(params, list(model.parameters())[1:], strict=True)] == [True] * 3
+    double = model.double()
+    params, anchors, omegas = plugin.penalty_terms(double)
+    assert {t.dtype for t in anchors + omegas} == {torch.float64}
+    meta = model.to("meta")
+    params, anchors, omegas = plugin.penalty_terms(meta)
+    assert {t.device.type for t in anchors + omegas} == {"meta"}
+
+
+def test_update_moves_the_old_importance_to_the_new_one_s_device():
+    model = nn.Linear(3, 2)
+    plugin = SPPPlugin()
+    plugin.update(model, {n: torch.ones_like(p) for n, p in model.named_parameters()})
+    meta = nn.Linear(3, 2).to("meta")
+    plugin.update(meta, {n: torch.ones_like(p) for n, p in meta.named_parameters()})
+    assert {t.device.type for t in plugin.omega.values()} == {"meta"}

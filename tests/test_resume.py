@@ -181,7 +181,7 @@ def test_run_checkpoint_round_trips_progress_weights_and_every_random_state(tmp_
     with torch.no_grad():
         strategy.model.weight.fill_(0.25)
     progress = {key: f"value of {key}" for key in PROGRESS_KEYS} | {"next_task": 3}
-    path = tmp_path / "sub" / "run.pt"
+    path = tmp_path / "two" / "levels" / "run.pt"  # folders that do not exist yet
     torch.manual_seed(7)
     np.random.seed(7)
     random.seed(7)
@@ -215,3 +215,42 @@ def test_run_checkpoint_of_another_run_names_what_differs(tmp_path):
     missing.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointMismatchError, match="cannot be read"):
         load_run_checkpoint(_tiny_strategy(), missing, fingerprint)
+
+
+def test_checkpoint_writes_through_a_tmp_file_and_loads_onto_the_strategy_device(tmp_path, monkeypatch):
+    import benchmarks.checkpoint as checkpoint
+
+    written, loaded = [], []
+    real_save, real_load = checkpoint.save_checkpoint, checkpoint.maybe_load_checkpoint
+    save = lambda s, f: written.append(Path(f)) or real_save(s, f)  # noqa: E731
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
+
+    def load(strategy, path, **kwargs):
+        loaded.append(kwargs)
+        return real_load(strategy, path, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "maybe_load_checkpoint", load)
+    strategy = _tiny_strategy()
+    progress = {key: 0 for key in checkpoint.PROGRESS_KEYS} | {"fingerprint": {"seed": 0}}
+    path = tmp_path / "run.pt"
+    checkpoint.save_run_checkpoint(strategy, path, progress)
+    assert written == [tmp_path / "run.pt.tmp"]  # the half-written file is *.tmp (gitignored)
+    checkpoint.load_run_checkpoint(_tiny_strategy(), path, {"seed": 0})
+    assert loaded == [{"map_location": strategy.device}]
+
+
+def test_cuda_random_states_are_saved_and_restored_only_where_cuda_is(monkeypatch):
+    import benchmarks.checkpoint as checkpoint
+
+    if not torch.cuda.is_available():
+        assert checkpoint.rng_states()["cuda"] is None
+    restored = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: ["cuda state"])
+    for available in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
+        states = checkpoint.rng_states()
+        assert states["cuda"] == (["cuda state"] if available else None)
+        checkpoint.restore_rng_states(states | {"cuda": ["saved"]})
+        checkpoint.restore_rng_states(states | {"cuda": None})
+    assert restored == [["saved"]]  # once: saved states, on a machine with CUDA
