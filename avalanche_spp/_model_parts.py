@@ -1,4 +1,4 @@
-"""How the plugin reads a model: the head of a task, what a loss reaches, layers that grew.
+"""How the plugin reads a model: what a loss reaches, layers that grew.
 
 Private helpers of :mod:`avalanche_spp.plugin`.
 """
@@ -6,8 +6,7 @@ Private helpers of :mod:`avalanche_spp.plugin`.
 from __future__ import annotations
 
 import torch
-from avalanche.models.utils import is_multi_task_module
-from torch import Tensor, nn
+from torch import Tensor
 
 
 def _only(*terms: list, keep: list[bool]) -> tuple[list, ...]:
@@ -29,18 +28,6 @@ def _leaves_reached(loss: Tensor) -> set:
             leaves.add(variable)
         stack.extend(next_node for next_node, _ in node.next_functions)
     return leaves
-
-
-def _forward_for(model: nn.Module):
-    if is_multi_task_module(model):
-        return _forward_single_task
-    return None
-
-
-def _forward_single_task(model: nn.Module, x: Tensor, task: int) -> Tensor:
-    # An int task label takes MultiTaskModule's single-task path: that head's own logits, with no
-    # zero padding to the widest head (models such as MTSimpleMLP route it to their classifier).
-    return model(x, task)
 
 
 def _grow_to(tensor: Tensor, shape: torch.Size, name: str, *, what: str) -> Tensor:

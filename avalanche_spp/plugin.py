@@ -25,7 +25,7 @@ from avalanche.training.plugins import SupervisedPlugin
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from avalanche_spp._model_parts import _forward_for, _grow_to, _leaves_reached, _only
+from avalanche_spp._model_parts import _grow_to, _leaves_reached, _only
 from avalanche_spp.distributed import _all_reduce_if_distributed, _distributed_sampler, _unwrap
 from avalanche_spp.importance import (
     DEFAULT_CLAMP,
@@ -242,8 +242,9 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         start = time.perf_counter()
         omega = entropy_importance(
             model,
+            # A multi-head item is (x, int task): the default forward, model(x, task), takes
+            # MultiTaskModule's single-task path, that head's own logits with no zero padding.
             self._importance_batches(strategy, model),
-            _forward_for(model),
             taylor_of=self.taylor_of,
             clamp=self.clamp,
             fisher=self.fisher,

@@ -907,3 +907,39 @@ def test_half_precision_sums_within_a_large_batch_in_float32(budget, monkeypatch
     for name in ("trunk.weight", "used.weight"):
         error = float((omega[name].double() - reference[name]).abs().sum() / reference[name].abs().sum())
         assert error < 0.05, (name, error)
+
+
+def test_half_precision_gradients_come_back_in_float32_from_every_path():
+    from avalanche_spp._gradients import (
+        _batch_terms,
+        _call_model,
+        _exact_terms,
+        _per_sample_sums,
+        _vmap_grad_chunks,
+    )
+    from avalanche_spp.importance import _ImportanceOptions, trainable_parameters
+
+    torch.manual_seed(0)
+    model = _UnusedHead().to(torch.bfloat16)
+    params = trainable_parameters(model)
+    inputs = (torch.randn(4, 3).to(torch.bfloat16),)
+    args = (model, params, _call_model, categorical_entropy, inputs)
+    form = ("neg_entropy", "experience", "per_sample", "fisher", None, "vmap")
+    opts = _ImportanceOptions.checked(model, [inputs], *form)
+    sums = [*_per_sample_sums(*args, opts), *_batch_terms(*args), *_exact_terms(*args)]
+    dtypes = {t.dtype for part in sums for t in part.values()}
+    dtypes |= {chunk.dtype for _, chunk in _vmap_grad_chunks(*args, opts.n_scalars)}
+    assert dtypes == {torch.float32}
+
+
+def test_the_exact_hessian_is_built_on_the_parameters_device():
+    model = _tiny_mlp(seed=2)
+    x = torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    expected = _entropy_importance(model, [x], hessian="exact")
+    torch.set_default_device("meta")  # a tensor made without an explicit device would land here
+    try:
+        omega = _entropy_importance(model, [x], hessian="exact")
+    finally:
+        torch.set_default_device("cpu")
+    for name in expected:
+        torch.testing.assert_close(omega[name], expected[name])

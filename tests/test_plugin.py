@@ -864,3 +864,24 @@ def test_update_moves_the_old_importance_to_the_new_one_s_device():
     meta = nn.Linear(3, 2).to("meta")
     plugin.update(meta, {n: torch.ones_like(p) for n, p in meta.named_parameters()})
     assert {t.device.type for t in plugin.omega.values()} == {"meta"}
+
+
+def test_seed_is_checked_and_a_strategy_without_adapted_dataset_is_fine():
+    for seed in (1.5, True, "0"):
+        with pytest.raises(ValueError, match="seed must be an int"):
+            SPPPlugin(seed=seed)
+    SPPPlugin().after_train_dataset_adaptation(SimpleNamespace())  # a custom template: nothing to check
+
+
+def test_state_round_trip_keeps_the_times_and_a_state_without_settings_keeps_the_plugin_s_own():
+    torch.manual_seed(0)
+    plugin, _ = _trained_state()
+    state = plugin.state_dict()
+    fresh = SPPPlugin()
+    fresh.load_state_dict(state)
+    assert fresh.importance_time_s == plugin.importance_time_s and len(plugin.importance_time_s) == 1
+    bare = {k: v for k, v in state.items() if k not in ("settings", "importance_time_s")}
+    old = SPPPlugin(scale="raw")
+    old.load_state_dict(bare)
+    assert old.scale == "raw" and old.importance_time_s == [] and set(old.omega) == set(plugin.omega)
+
