@@ -119,7 +119,8 @@ def markdown(summary: dict[str, Any], equivalent: dict[str, str]) -> str:
         "# Mutation testing of the core",
         "",
         f"Command: `{summary['command']}` ({summary['wall_time_min']:.1f} min on {summary['max_children']} "
-        f"workers; mutmut {summary['mutmut_version']}; commit {summary['git_commit']}).",
+        f"worker{'s' if summary['max_children'] != 1 else ''}; mutmut {summary['mutmut_version']}; "
+        f"commit {summary['git_commit']}).",
         "",
         "Score = (killed + timeout) / (mutants - equivalent). Target: "
         f"{pct(TARGET)}% for the importance math, the plugin and the metrics.",
@@ -178,13 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = score(results, equivalent)
     previous = args.out / "scores.json"
-    if args.report_only and previous.is_file():  # keep the timing and commit of the run it reports
+    max_children = args.max_children
+    if args.report_only and previous.is_file():  # keep what describes the run it reports
         kept = json.loads(previous.read_text())
         wall_min, commit = kept.get("wall_time_min"), kept.get("git_commit", commit)
+        command, max_children = kept.get("command", command), kept.get("max_children", max_children)
     summary |= {
         "command": command,
         "wall_time_min": wall_min if wall_min is not None else float("nan"),
-        "max_children": args.max_children,
+        "max_children": max_children,
         "mutmut_version": metadata.version("mutmut"),
         "git_commit": commit,
         "date": datetime.date.today().isoformat(),

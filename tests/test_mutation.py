@@ -43,3 +43,19 @@ def test_scores_count_timeouts_as_killed_and_leave_equivalents_out(tmp_path):
 def test_report_without_results_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `python -m benchmarks.mutation`"):
         mutation.collect(tmp_path)
+
+
+def test_report_only_keeps_what_describes_the_run_it_reports(tmp_path, monkeypatch):
+    _meta(tmp_path / "mutants", "pkg.a", {"pkg.a.x_f__mutmut_1": 1, "pkg.a.x_f__mutmut_2": 0})
+    monkeypatch.setattr(mutation, "REPO", tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "equivalent.json").write_text(json.dumps({"pkg.a.x_f__mutmut_2": "same value"}))
+    run = {"command": "python -m benchmarks.mutation --max-children 1", "max_children": 1,
+           "wall_time_min": 32.1, "git_commit": "abc1234"}  # fmt: skip
+    (out / "scores.json").write_text(json.dumps(run))
+    assert mutation.main(["--report-only", "--out", str(out)]) == 0
+    summary = json.loads((out / "scores.json").read_text())
+    assert {key: summary[key] for key in run} == run
+    assert summary["total"]["score"] == 1.0
+    assert "(32.1 min on 1 worker; mutmut" in (out / "scores.md").read_text()
