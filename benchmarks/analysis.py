@@ -69,6 +69,7 @@ from benchmarks.analysis_numbers import (
     weight_layers,
     weighted_squared_change,
 )
+from benchmarks.spp_variants import normalize_importance
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,10 @@ def analyze_run(
 
     def spp_importance(model: nn.Module, task: int) -> dict[str, Tensor]:
         items = [x for x, _ in data[task]]
-        return entropy_importance(model, items, task_forward(model, task), **spp_options)
+        options = {k: v for k, v in spp_options.items() if k != "normalize"}
+        omega = entropy_importance(model, items, task_forward(model, task), **options)
+        how = spp_options["normalize"]
+        return {name: normalize_importance(value, how, 1.0) for name, value in omega.items()}
 
     # Fig. 6: EWC, MAS and SPP on the reference method's weights after task 1.
     reference = load_task_tensors(run_dir, reference_method, seed, 0)

@@ -83,7 +83,8 @@ class SPPVariantPlugin(SPPPlugin):
 
     def update(self, model: nn.Module, omega: dict[str, Tensor]) -> None:
         """Normalise this experience's importance per tensor, then fold it in as the library does."""
-        super().update(model, {n: _normalize(v, self.normalize, self.beta) for n, v in omega.items()})
+        omega = {n: normalize_importance(v, self.normalize, self.beta) for n, v in omega.items()}
+        super().update(model, omega)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -95,7 +96,8 @@ class SPPVariantPlugin(SPPPlugin):
         self.beta = float(self.beta)
 
 
-def _normalize(omega: Tensor, normalize: str | None, beta: float) -> Tensor:
+def normalize_importance(omega: Tensor, normalize: str | None, beta: float) -> Tensor:
+    """One experience's importance rescaled per tensor (``None``: unchanged; see the module docstring)."""
     if normalize is None:
         return omega
     if normalize == "max":

@@ -15,11 +15,11 @@ from torch import nn
 
 from avalanche_spp import SPPPlugin
 from avalanche_spp.importance import DivergedError, entropy_importance
-from benchmarks.spp_variants import SPPVariantPlugin, _normalize
+from benchmarks.spp_variants import SPPVariantPlugin, normalize_importance
 
 
 def _normalized(model, x, normalize, beta=1.0):
-    return {n: _normalize(v, normalize, beta) for n, v in entropy_importance(model, [x]).items()}
+    return {n: normalize_importance(v, normalize, beta) for n, v in entropy_importance(model, [x]).items()}
 
 
 def test_normalisations():

@@ -165,7 +165,7 @@ def test_image_benchmarks_are_built_by_image_data_build(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match=r"split_caltech101 \(network resnet18\): the minimum is 32"):
         make_benchmark("split_caltech101", image_size=16)
     assert len(calls) == 2
-    from avalanche_spp import errors
+    from benchmarks import errors
 
     assert DatasetNotFoundError is errors.DatasetNotFoundError  # one class for all data sets
 
