@@ -86,6 +86,9 @@ FORMS: dict[str, dict[str, Any]] = {
     "mean_batch_ent_bf": {
         "spp_scale": "mean", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",
     },
+    "mean_batch_neg_bf": {
+        "spp_scale": "mean", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
+    },
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",
