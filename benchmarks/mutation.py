@@ -123,16 +123,19 @@ def markdown(summary: dict[str, Any], equivalent: dict[str, str]) -> str:
         f"commit {summary['git_commit']}).",
         "",
         "Score = (killed + timeout) / (mutants - equivalent). Target: "
-        f"{pct(TARGET)}% for the importance math, the plugin and the metrics.",
+        f"{pct(TARGET)}% for the importance math, the plugin and the metrics. Killed of all = "
+        "(killed + timeout) / mutants, the share the tests notice with no mutant set aside.",
         "",
-        "| module | mutants | killed | timeout | survived | equivalent | no tests | score (%) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| module | mutants | killed | timeout | survived | equivalent | no tests | score (%) "
+        "| killed of all (%) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     rows = list(summary["modules"].items()) + [("all", summary["total"])]
     for module, m in rows:
         lines.append(
             f"| {module} | {m['mutants']} | {m['killed']} | {m['timeout']} | {m['survived']} | "
-            f"{m['equivalent']} | {m['no_tests']} | {pct(m['score'])} |"
+            f"{m['equivalent']} | {m['no_tests']} | {pct(m['score'])} | "
+            f"{pct((m['killed'] + m['timeout']) / m['mutants'] if m['mutants'] else 0.0)} |"
         )
     lines += ["", f"## Survivors not explained ({len(summary['unexplained_survivors'])})", ""]
     lines += [f"- `{name}`" for name in summary["unexplained_survivors"]] or ["None."]

@@ -943,3 +943,16 @@ def test_the_exact_hessian_is_built_on_the_parameters_device():
         torch.set_default_device("cpu")
     for name in expected:
         torch.testing.assert_close(omega[name], expected[name])
+
+
+def test_penalty_term_errors_name_the_argument_and_the_wrong_entries():
+    w, a, o = torch.zeros(2, requires_grad=True), torch.ones(2), torch.ones(2)
+    with pytest.raises(ValueError, match=r"^anchors must be a list or tuple of tensors .*got dict"):
+        spp_penalty([w], {"w": a}, [o])
+    with pytest.raises(ValueError, match=r"^omegas must be a list or tuple of tensors .*got Tensor"):
+        spp_penalty([w], [a], o)
+    with pytest.raises(ValueError, match=r"^omegas must hold tensors only, got entries of type \['float'\]$"):
+        spp_penalty([w], [a], [o, 1.0])
+    mixed = r"^anchors must hold tensors only, got entries of type \['int', 'str'\]$"
+    with pytest.raises(ValueError, match=mixed):
+        spp_penalty([w], ["a", a, 3], [o])

@@ -325,3 +325,20 @@ def test_the_range_check_and_the_percentage_hint_at_their_edges():
     with pytest.raises(ValueError) as error:  # a NaN next to valid fractions (even 1.0): no hint
         average_accuracy([[0.5, NAN], [NAN, 1.0]])
     assert "percentages" not in str(error.value)
+
+
+def test_the_error_names_what_was_read_and_ends_with_its_hint_or_the_bad_value():
+    cases = (
+        (average_accuracy, np.array([[0.5, NAN], [-0.5, 0.5]]), "the last row of P", "P[1][0]=-0.5"),
+        (backward_transfer, np.array([[-0.5, NAN], [0.5, 0.5]]), "the diagonal of P", "P[0][0]=-0.5"),
+        (stability, np.array([[0.5, NAN, NAN], [-0.5, 0.5, NAN], [0.5, 0.5, 0.5]]), "stability (SMT)",
+         "P[1][0]=-0.5"),
+    )  # fmt: skip
+    for fn, p, what, last in cases:
+        with pytest.raises(ValueError) as error:
+            fn(p)
+        message = str(error.value)
+        assert message.startswith(f"{what} needs finite accuracies") and message.endswith(last), message
+    with pytest.raises(ValueError) as error:
+        average_accuracy(np.array([[0.5, NAN], [50.0, 0.5]]))
+    assert str(error.value).endswith("P[1][0]=50.0 (values above 1 look like percentages: divide by 100)")

@@ -36,7 +36,7 @@ def test_scores_count_timeouts_as_killed_and_leave_equivalents_out(tmp_path):
         | {"command": "c", "wall_time_min": 1.0, "max_children": 2, "mutmut_version": "3", "git_commit": "x"},
         equivalent,
     )
-    assert "| pkg.a | 5 | 1 | 1 | 1 | 1 | 1 | 50.0 |" in text
+    assert "| pkg.a | 5 | 1 | 1 | 1 | 1 | 1 | 50.0 | 40.0 |" in text
     assert "`pkg.a.x_f__mutmut_2`: same value" in text and "Stale entries" in text
 
 
