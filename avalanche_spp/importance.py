@@ -1,18 +1,9 @@
 """Label-free parameter importance of Soft Parameter Pruning (SPP), in plain PyTorch.
 
-Peng et al., "Overcome Catastrophic Forgetting by Soft Parameter Pruning", arXiv 1812.01640,
-Sec. 3.1 (eqs. 2-3). After a task, SPP asks for every weight ``W_k``: how much would the entropy of
-the model's output distribution, ``H(q) = -sum_c q_c log q_c``, change if this weight were pruned
-(``delta W_k = -W_k``)? A second-order Taylor expansion, with the Hessian diagonal replaced by the
-diagonal Fisher (squared gradients), gives::
-
-    Omega_k = max(0, -g_k * W_k + 1/2 * W_k**2 * F_kk)      g = dH/dW,  F_kk ~ E[g_k**2]
-
-No label is used anywhere: ``H`` depends on the inputs and the model only. Omega is an average over
-samples (``g`` is the gradient of the mean entropy), so it does not depend on the batch size.
-
-This module imports nothing from Avalanche, so the generative code and the tests use it directly.
-The Avalanche glue lives in :mod:`avalanche_spp.plugin`.
+Peng et al., arXiv 1812.01640, Sec. 3.1 (eqs. 2-3): for every weight, the second-order Taylor
+estimate of how much the model's output entropy changes when the weight is pruned to zero, with the
+Hessian diagonal replaced by the Fisher, clamped at zero (:func:`entropy_importance`). Imports
+nothing from Avalanche; the Avalanche glue is :mod:`avalanche_spp.plugin`.
 """
 
 from __future__ import annotations
@@ -54,7 +45,7 @@ PER_SAMPLE_BACKENDS = ("auto", "linear", "vmap")
 DEFAULT_TAYLOR_OF = "neg_entropy"
 DEFAULT_CLAMP = "batch"
 DEFAULT_FISHER = "batch"
-DEFAULT_LAM = 1.0
+DEFAULT_LAM = 0.5
 DEFAULT_SCALE = "saturate"
 
 SCALES = ("raw", "mean", "saturate")
@@ -141,50 +132,38 @@ def entropy_importance(
         forward: ``forward(model, *item) -> output``; defaults to ``model(*item)``. Multi-head models
             pass e.g. ``lambda m, x, t: m.forward_single_task(x, t)``. Per-sample gradients run it
             under ``torch.func.vmap``: no data-dependent Python control flow inside.
-        taylor_of: ``"entropy"``: the change of ``H`` itself, ``s = -1`` (``-g W``; the paper's
-            derivation with ``H`` the entropy). ``"neg_entropy"``: the change of ``sum_c q_c log q_c
-            = -H`` (the paper's printed ``H``, no minus sign), ``s = +1`` (``+g W``; what the
-            authors' released code computes). The curvature term is the Fisher in both.
-        clamp: where ``max(0, .)`` is applied. ``"experience"``: once, to the estimate of the whole
-            data (``g`` and ``F`` averaged first). ``"batch"``: to each mini-batch's estimate, then
-            averaged (the authors' code; ``Omega`` then depends on the batch size). ``"sample"``: to
-            each input's own estimate (its ``g_n`` and ``g_n**2``), then averaged: the finest
-            reading of eq. 3, batch-size invariant. ``"none"``: no clamp (the raw Taylor estimate;
-            it can be negative, so not usable as a penalty).
-        fisher: ``"per_sample"``: ``F = mean_n g_n**2`` over samples (the diagonal empirical Fisher
-            of the entropy); ``"batch"``: ``F = mean_b (mean_{n in b} g_n)**2``, the squared
-            gradient of each mini-batch mean (cheaper; what the authors' code did; it shrinks as
-            the batch grows). ``clamp="sample"`` uses each sample's own ``g_n**2`` and refuses
-            ``"batch"``.
-        hessian: ``"fisher"`` (the paper) or ``"exact"``: the true diagonal of the Hessian of the mean
-            entropy by double backward, for small models only (tests check the estimate with it).
+        taylor_of: ``"entropy"``: the change of ``H`` itself, ``s = -1`` (``-g W``).
+            ``"neg_entropy"``: the change of ``sum_c q_c log q_c = -H`` (the paper's printed ``H``,
+            and the authors' code), ``s = +1``. The curvature term is the Fisher in both.
+        clamp: where ``max(0, .)`` sits. ``"experience"``: once, on the estimate of the whole
+            data. ``"batch"``: on each mini-batch's estimate, then averaged (the authors' code;
+            ``Omega`` depends on the batch size). ``"sample"``: on each input's own estimate (its
+            ``g_n`` and ``g_n**2``), then averaged. ``"none"``: the raw estimate (can be negative).
+        fisher: ``"per_sample"``: ``F = mean_n g_n**2``; ``"batch"``: ``F = mean_b (mean_{n in b}
+            g_n)**2``, the squared mini-batch gradient (one backward pass per batch; it shrinks as
+            the batch grows). ``clamp="sample"`` needs ``"per_sample"``.
+        hessian: ``"fisher"`` (the paper) or ``"exact"``: the true Hessian diagonal of the mean
+            entropy by double backward, for small models (the tests check the estimate with it).
         entropy_fn: ``entropy_fn(output) -> (B,)`` per-sample entropy; defaults to
             :func:`categorical_entropy` of logits. VAEs use :func:`bernoulli_entropy`.
         max_batches: use at most this many items of ``batches``.
         all_reduce: in a multi-process run, a function that sums a tensor in place across
-            processes (e.g. ``torch.distributed.all_reduce``). Each process passes its shard of the
-            data; the sums and the sample count are reduced before averaging, so every process gets
-            the ``Omega`` of the whole data.
-        per_sample_backend: how per-sample gradients are taken. ``"linear"``: when every trainable
-            parameter sits in its own ``nn.Linear``, called once per forward on ``(B, features)``
-            inputs (MLPs), from the layer inputs ``a`` and output gradients ``d``: ``sum_n g_n =
-            d^T a``, ``sum_n g_n**2 = (d**2)^T (a**2)``, and for ``clamp="sample"`` chunked outer
-            products ``d_n a_n^T``. ``"vmap"``: ``torch.func.vmap``, for any model (memory ~ chunk x
-            parameters). ``"auto"`` (default) uses ``"linear"`` where its result is checked to equal
-            the model's true gradient (a weight shared by two layers or also used outside its layer
-            fails the check), else ``"vmap"``.
+            processes (e.g. ``torch.distributed.all_reduce``); each process passes its shard and
+            every process gets the ``Omega`` of the whole data.
+        per_sample_backend: how per-sample gradients are taken. ``"linear"``: from each
+            ``nn.Linear``'s inputs and output gradients (outer products ``d_n a_n^T``; MLPs).
+            ``"vmap"``: ``torch.func.vmap``, any model. ``"auto"`` (default): ``"linear"`` where its
+            batch gradient is checked to equal the model's true one, else ``"vmap"``.
 
     Returns:
         ``{name: Omega}`` with ``Omega`` shaped like the parameter, for every parameter with
         ``requires_grad``, on the parameter's device.
 
     Raises:
-        ValueError: an unknown option or combination, a model that is not an ``nn.Module``,
-            ``batches`` that is a single tensor or not iterable, items the model cannot take
-            (``(x, y)`` labelled pairs given to a one-input model), no trainable parameter or no
-            sample.
-        DivergedError: a non-finite importance (a diverged model: the importance is refused
-            rather than poisoning the penalty). A subclass of ``ValueError``.
+        ValueError: an unknown option or combination, batches that are not an iterable of input
+            items (a single tensor, ``(x, y)`` pairs for a one-input model), no trainable
+            parameter or no sample.
+        DivergedError: a non-finite importance (a diverged model), a subclass of ``ValueError``.
     """
     options = _ImportanceOptions.checked(
         model, batches, taylor_of, clamp, fisher, hessian, max_batches, per_sample_backend
@@ -434,4 +413,3 @@ def _check_model_takes(model: nn.Module, inputs: tuple) -> None:
             "an item: map a loader of (x, y) pairs to its inputs, e.g. (x for x, *_ in loader), "
             "or pass forward= to call the model yourself."
         ) from None
-

@@ -34,11 +34,7 @@ ArrayLike = Sequence[Sequence[float]] | np.ndarray
 
 
 def _as_accuracy_matrix(accuracy_matrix: ArrayLike) -> np.ndarray:
-    """Return ``accuracy_matrix`` as a float ``(T, T)`` array, or raise ``ValueError``.
-
-    Only the shape is checked here; each metric checks the entries it reads (see ``_checked``).
-    ``None`` entries (JSON's ``null``) become ``NaN``.
-    """
+    """``accuracy_matrix`` as a float ``(T, T)`` array (``None`` -> ``NaN``); only the shape is checked."""
     try:
         matrix = np.asarray(accuracy_matrix, dtype=float)
     except (TypeError, ValueError) as err:
@@ -55,13 +51,7 @@ def _as_accuracy_matrix(accuracy_matrix: ArrayLike) -> np.ndarray:
 
 
 def _checked(values: np.ndarray, names: list[str], what: str) -> np.ndarray:
-    """Raise ``ValueError`` unless every value is a finite fraction in ``[0, 1]``.
-
-    Args:
-        values: ``(N,)`` the entries a metric reads.
-        names: ``N`` labels for the error message, e.g. ``"P[2][0]"``.
-        what: the metric or argument, for the error message.
-    """
+    """``values`` (``(N,)``, labelled ``names``), unless one is not a finite fraction in ``[0, 1]``."""
     bad = [
         f"{name}={value!r}"
         for name, value in zip(names, values.tolist(), strict=True)
@@ -88,39 +78,20 @@ def _diagonal(matrix: np.ndarray) -> np.ndarray:
 
 
 def average_accuracy(accuracy_matrix: ArrayLike) -> float:
-    """Average accuracy ACC (paper eq. 6): the mean accuracy over all tasks after the last one.
+    """Average accuracy ACC (eq. 6): ``1/T * sum_i P[T-1][i]``, a fraction; any ``T >= 1``.
 
-    ``ACC = 1/T * sum_i P[T-1][i]``. Defined for any ``T >= 1``.
-
-    Args:
-        accuracy_matrix: ``(T, T)``, ``P[j][i]`` = test accuracy on task ``i`` after training task
-            ``j``, fractions in ``[0, 1]``. Only the last row is read.
-
-    Returns:
-        ACC as a fraction in ``[0, 1]``.
-
-    Raises:
-        ValueError: if ``P`` is not square or an entry of its last row is not in ``[0, 1]``.
+    ``accuracy_matrix``: ``(T, T)``, ``P[j][i]`` = test accuracy on task ``i`` after training task
+    ``j``, fractions in ``[0, 1]``. Only the last row is read. ``ValueError`` if ``P`` is not square
+    or an entry read is not in ``[0, 1]`` (the same for every metric here).
     """
     matrix = _as_accuracy_matrix(accuracy_matrix)
     return float(np.mean(_last_row(matrix)))
 
 
 def backward_transfer(accuracy_matrix: ArrayLike) -> float | None:
-    """Backward transfer BWT (paper eq. 8): how much old tasks changed by the end (< 0: forgetting).
+    """Backward transfer BWT (eq. 8): ``1/(T-1) * sum_{i<T-1} (P[T-1][i] - P[i][i])``, < 0: forgetting.
 
-    ``BWT = 1/(T-1) * sum_{i<T-1} (P[T-1][i] - P[i][i])``.
-
-    Args:
-        accuracy_matrix: ``(T, T)`` as in :func:`average_accuracy`. The last row and the diagonal
-            are read.
-
-    Returns:
-        BWT in ``[-1, 1]``, or ``None`` when ``T == 1`` (no task was followed by another one, so
-        the mean over ``T - 1 = 0`` tasks is undefined).
-
-    Raises:
-        ValueError: if ``P`` is not square or an entry it reads is not in ``[0, 1]``.
+    Reads the last row and the diagonal; ``None`` when ``T == 1`` (a mean over no task).
     """
     matrix = _as_accuracy_matrix(accuracy_matrix)
     t = matrix.shape[0]
@@ -144,24 +115,11 @@ def _check_joint(joint_accuracies: Sequence[float] | np.ndarray, t: int) -> np.n
 def forward_transfer(
     accuracy_matrix: ArrayLike, joint_accuracies: Sequence[float] | np.ndarray | None
 ) -> float | None:
-    """Forward transfer FWT (paper eq. 7): accuracy on a task just learned, relative to joint.
+    """Forward transfer FWT (eq. 7): ``1/(T-1) * sum_{i<T-1} (P[i][i] - m_i)``.
 
-    ``FWT = 1/(T-1) * sum_{i<T-1} (P[i][i] - m_i)``, with ``m_i`` the test accuracy on task ``i``
-    of joint training on all tasks. Negative values mean that what the model keeps from earlier
-    tasks gets in the way of learning the new one. As in the paper, the last task is left out.
-
-    Args:
-        accuracy_matrix: ``(T, T)`` as in :func:`average_accuracy`. Only the diagonal is read.
-        joint_accuracies: ``(T,)`` the ``m_i``, fractions in ``[0, 1]``, or ``None`` when there is
-            no joint run to compare with.
-
-    Returns:
-        FWT in ``[-1, 1]``; ``None`` when ``joint_accuracies`` is ``None`` or when ``T == 1``
-        (the mean over ``T - 1 = 0`` tasks is undefined).
-
-    Raises:
-        ValueError: if ``P`` is not square, ``joint_accuracies`` does not have ``T`` entries, or an
-            entry read is not in ``[0, 1]``.
+    ``m_i`` (``joint_accuracies``, ``(T,)`` fractions) is joint training's test accuracy on task
+    ``i``: a negative FWT means that what the model keeps gets in the way of learning the new task.
+    Reads the diagonal; ``None`` when ``joint_accuracies`` is ``None`` or ``T == 1``.
     """
     matrix = _as_accuracy_matrix(accuracy_matrix)
     if joint_accuracies is None:
@@ -188,15 +146,7 @@ def stability(accuracy_matrix: ArrayLike) -> float | None:
     The last task is left out as in eqs. 7-8 (its ``D`` would be the variance of one value, 0).
     SMT is in squared accuracy units (fractions squared); lower means more stable.
 
-    Args:
-        accuracy_matrix: ``(T, T)`` as in :func:`average_accuracy`. The lower triangle with the
-            diagonal (``i <= j``) is read, except the last column.
-
-    Returns:
-        SMT ``>= 0``, or ``None`` when ``T == 1`` (the mean over ``T - 1 = 0`` tasks is undefined).
-
-    Raises:
-        ValueError: if ``P`` is not square or an entry it reads is not in ``[0, 1]``.
+    Reads the lower triangle with the diagonal, except the last column; ``None`` when ``T == 1``.
     """
     matrix = _as_accuracy_matrix(accuracy_matrix)
     t = matrix.shape[0]
@@ -212,15 +162,7 @@ def stability(accuracy_matrix: ArrayLike) -> float | None:
 def all_metrics(
     accuracy_matrix: ArrayLike, joint_accuracies: Sequence[float] | np.ndarray | None = None
 ) -> dict[str, float | None]:
-    """The four metrics of the paper from one accuracy matrix.
-
-    Args:
-        accuracy_matrix: ``(T, T)`` as in :func:`average_accuracy`.
-        joint_accuracies: ``(T,)`` joint training's per-task test accuracies ``m_i``, or ``None``.
-
-    Returns:
-        ``{"acc", "bwt", "fwt", "smt"}``: floats, or ``None`` where undefined (see each function).
-    """
+    """``{"acc", "bwt", "fwt", "smt"}`` of one accuracy matrix (``None`` where undefined)."""
     return {
         "acc": average_accuracy(accuracy_matrix),
         "bwt": backward_transfer(accuracy_matrix),
@@ -238,12 +180,7 @@ def metrics_after_each_task(
     sub-matrix ``P[:t, :t]`` (and ``m[:t]``), for ``t = 1 .. T``. The ACC list is therefore the
     average accuracy on the tasks seen so far after each task; BWT, FWT and SMT start with ``None``.
 
-    Args:
-        accuracy_matrix: ``(T, T)`` as in :func:`average_accuracy`.
-        joint_accuracies: ``(T,)`` the ``m_i`` for all ``T`` tasks, or ``None``.
-
-    Returns:
-        ``{"acc", "bwt", "fwt", "smt"}`` -> lists of ``T`` floats or ``None``.
+    Returns ``{"acc", "bwt", "fwt", "smt"}`` -> lists of ``T`` floats or ``None``.
     """
     matrix = _as_accuracy_matrix(accuracy_matrix)
     t = matrix.shape[0]
@@ -271,18 +208,10 @@ def accuracy_matrix_from_avalanche(
     is a pair ``(x_steps, values)``, and ``values[j] = P[j][i]``. The task label ``t`` in the key is
     not used (it is ``i`` with task labels, ``0`` without).
 
-    Args:
-        all_metrics: the dictionary returned by ``get_all_metrics()``; other keys are ignored.
-        n_tasks: ``T``, the number of experiences trained and evaluated.
-        stream: the evaluated stream's name, e.g. ``"test_stream"`` or ``"valid_stream"``.
-
-    Returns:
-        ``(T, T)`` float array ``P``, rows = after training task ``j``, columns = task ``i``.
-
-    Raises:
-        ValueError: if ``n_tasks < 1``, an experience's key is missing or appears twice, the stream
-            has more experiences than ``n_tasks``, or an experience has a number of values other
-            than ``n_tasks`` (e.g. evaluation was not run exactly once after each task).
+    ``stream`` is the evaluated stream's name (``"test_stream"``, ``"valid_stream"``); other keys are
+    ignored. Returns ``P`` as a ``(T, T)`` float array. ``ValueError`` if ``n_tasks < 1``, an
+    experience's key is missing or appears twice, the stream has more experiences than ``n_tasks``,
+    or an experience does not hold exactly ``n_tasks`` values (evaluation not run once per task).
     """
     if isinstance(n_tasks, bool) or not isinstance(n_tasks, int | np.integer) or n_tasks < 1:
         raise ValueError(f"n_tasks must be a positive int (the number of experiences); got {n_tasks!r}")

@@ -60,34 +60,21 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
     """Soft Parameter Pruning: a label-free, entropy-based importance penalty.
 
     After each training experience the plugin measures every trainable parameter's importance
-    ``Omega`` on that experience's training data (model in eval mode, labels never read, paper
-    eq. 3; see :func:`avalanche_spp.importance.entropy_importance`), adds it to the running total
-    (eq. 4) and stores the weights ``W*``. While learning later experiences the training loss is
-    the task loss plus ``lam * sum M * (W - W*)**2`` (eq. 5), with ``M = Omega / (Omega + m)``
-    the accumulated importance as a soft pruning mask in ``[0, 1)`` (``m``: its mean over every
-    penalised scalar; ``scale="raw"`` puts ``Omega`` itself, as the paper).
-
-    Defaults (``SPPPlugin()``; chosen on validation streams, docs/method.md section 4):
-    ``lam=1``, ``scale="saturate"``, ``taylor_of="neg_entropy"``, ``clamp="batch"``,
-    ``fisher="batch"``, the whole experience. The strength then reads as a stiffness: a weight far
-    more important than average is held to ``W*`` like ``lam * (W - W*)**2``, an average one with
-    half that, an unimportant one not at all; SGD is stable for any ``lam < (1 + momentum) / lr``.
+    ``Omega`` on that experience's training data (eval mode, labels never read; paper eq. 3, see
+    :func:`avalanche_spp.importance.entropy_importance`), adds it to the running total (eq. 4) and
+    stores the weights ``W*``. While learning later experiences the loss gains
+    ``lam * sum M * (W - W*)**2`` (eq. 5), ``M`` the accumulated importance on the chosen ``scale``.
 
     By default (``penalty_via="gradient"``) the penalty's gradient ``2 lam M (W - W*)`` is added
-    to the ``.grad`` of every parameter this step's loss reached (a parameter it did not reach
-    keeps no gradient, so no optimiser state moves it), right
-    after the backward pass, in three fused kernels: the same update as adding the penalty to
-    ``strategy.loss`` before the backward pass (``penalty_via="loss"``), at about a fifth of the
-    cost, but ``strategy.loss`` then holds the task loss only.
+    to the ``.grad`` of every parameter this step's loss reached, right after the backward pass: the
+    same update as adding the penalty to the loss, at about a fifth of the cost. A parameter the loss
+    did not reach keeps no gradient, so no optimiser state moves it.
 
-    Parameters that did not exist at the last snapshot (a head created later) are free until their
-    task has been learned. A layer whose output grew (``IncrementalClassifier``) keeps its old rows
-    penalised and its new rows free. Multi-head models are measured on each head's own logits
-    (``forward_single_task``), never on Avalanche's zero-padded multi-task output.
-
-    In a ``torch.distributed`` run each rank measures its shard of the experience and the ranks
-    sum their statistics before averaging, so every rank holds the same ``Omega`` and ``W*``, equal
-    to a single-process run on the whole experience.
+    A parameter created after the last snapshot (a new head) is free until its task is learned; a
+    layer whose output grew (``IncrementalClassifier``) keeps its old rows penalised. Multi-head
+    models are measured on each head's own logits, never on Avalanche's zero-padded output. In a
+    ``torch.distributed`` run the ranks sum their statistics, so every rank holds the ``Omega`` of
+    the whole experience.
     """
 
     def __init__(
@@ -104,48 +91,32 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         seed: int = 0,
         penalty_via: str = "gradient",
     ) -> None:
-        """Create the plugin.
+        """Create the plugin. ``SPPPlugin()`` is ``lam=0.5, scale="saturate", taylor_of="neg_entropy",
+        clamp="batch", fisher="batch"`` on the whole experience in mini-batches of 256: the
+        defaults chosen on validation streams (docs/method.md, section 4).
 
         Args:
-            lam: strength ``lambda`` of the penalty (>= 0, finite); its meaning depends on
-                ``scale``. With the default ``scale="saturate"`` it is the stiffness of a weight
-                that is far more important than average: the penalty pulls such a weight back to
-                ``W*`` like an L2 term ``lam * (W - W*)**2``; a weight of average importance gets
-                half that, an unimportant one nearly none.
+            lam: strength of the penalty (>= 0, finite). With the default ``scale="saturate"`` it is
+                the stiffness of a weight far more important than average: such a weight is pulled
+                back to ``W*`` like an L2 term ``lam * (W - W*)**2``, a weight of average importance
+                gets half that, an unimportant one nearly none.
             scale: how the accumulated importance weighs the penalty. ``"saturate"`` (default):
-                ``Omega / (Omega + m)``, with ``m`` the mean of the accumulated ``Omega`` over every
-                penalised scalar: a soft pruning mask in ``[0, 1)``, the same ranking as the paper's
-                ``Omega`` but free of its units, so ``lam`` does not depend on the scale of
-                ``Omega`` (model, data, importance form, number of tasks) and SGD stays stable for
-                ``lam < (1 + mu) / eta``. How strong a protection a stream needs still differs
-                (long sequences of dissimilar tasks want a smaller ``lam``: docs/method.md §4).
-                ``"mean"``: ``Omega / m`` (unbounded). ``"raw"``: the paper's eq. 5 as measured
-                (paper-faithful runs; the useful ``lam`` then depends on everything).
-            taylor_of: what the importance's Taylor estimate measures: ``"entropy"`` (the change
-                of the output entropy when a weight is pruned, ``-g W + 1/2 W^2 F``) or
-                ``"neg_entropy"`` (the change of ``sum q log q``, the paper's printed ``H``,
-                ``+g W + 1/2 W^2 F``: what the authors' code computes). See
-                :func:`avalanche_spp.importance.entropy_importance`.
-            clamp: where ``max(0, .)`` sits: ``"experience"`` (once, on the whole experience's
-                estimate), ``"batch"`` (each importance mini-batch of ``importance_batch_size``, as
-                the authors' code; ``Omega`` then depends on that size) or ``"sample"`` (each
-                input's own estimate).
-            importance_samples: how many training samples of each experience the importance pass
-                uses (a seeded random subset); ``None`` uses the whole experience.
-            importance_batch_size: mini-batch size of the importance pass. With
-                ``fisher="per_sample"`` and ``clamp`` other than ``"batch"`` it changes speed and
-                memory only, not ``Omega``.
-            fisher: ``"per_sample"`` (mean of per-sample squared gradients) or ``"batch"``
-                (squared mini-batch gradient, as the authors' code).
-            accumulate: how importances of successive experiences combine: ``"sum"`` (paper eq. 4)
-                or ``"max"`` (what the authors used on Caltech-101).
+                ``M = Omega / (Omega + m)``, ``m`` the mean accumulated ``Omega`` over every
+                penalised scalar: a soft pruning mask in ``[0, 1)`` with the paper's ranking but
+                none of its units, so ``lam`` does not depend on the model, data, importance form or
+                number of tasks, and SGD stays stable for ``lam < (1 + momentum) / lr``.
+                ``"mean"``: ``Omega / m`` (unbounded). ``"raw"``: the paper's eq. 5 as written.
+            taylor_of, clamp, fisher: the importance's form, as in
+                :func:`~avalanche_spp.importance.entropy_importance` (``clamp="batch"`` clamps each
+                mini-batch of ``importance_batch_size``; ``"none"`` is refused here).
+            importance_samples: training samples of each experience the importance pass uses (a
+                subset drawn with ``seed``); ``None``: the whole experience.
+            importance_batch_size: mini-batch size of the importance pass.
+            accumulate: ``"sum"`` (paper eq. 4) or ``"max"`` (the authors' Caltech-101 runs).
             seed: seed of the subset drawn when ``importance_samples`` is set.
-            penalty_via: ``"gradient"`` (add ``2 lam Omega (W - W*)`` to the gradients after the
-                backward pass: fast, ``strategy.loss`` keeps the task loss only) or ``"loss"``
-                (add the penalty to ``strategy.loss`` before the backward pass, the literal eq. 5:
-                use it when something must see the penalty in the loss, e.g. a gradient scaler for
-                mixed precision, or plugins that rewrite gradients in ``after_backward`` and are
-                listed before this one).
+            penalty_via: ``"gradient"`` (default, see the class) or ``"loss"``: add the penalty to
+                ``strategy.loss`` before the backward pass (eq. 5 literally), for anything that must
+                see it there, e.g. a mixed-precision gradient scaler.
 
         Raises:
             ValueError: an argument outside its allowed values.

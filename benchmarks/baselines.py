@@ -37,7 +37,7 @@ from avalanche_spp.importance import (
 )
 from avalanche_spp.plugin import ACCUMULATIONS, SPPPlugin
 from benchmarks.cnn import freeze_features
-from benchmarks.spp_variants import NORMALIZATIONS, SPPVariantPlugin
+from benchmarks.spp_variants import IMPORTANCES, NORMALIZATIONS, SPPVariantPlugin
 
 METHODS = ("sgd", "sgd_f", "finetune", "ewc", "si", "mas", "lwf", "joint", "spp")
 """Every method name :func:`build_strategy` accepts, in the paper's table order."""
@@ -56,7 +56,7 @@ STRENGTH_GRIDS: dict[str, tuple[float, ...]] = {
     "si": (0.01, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4),
     "mas": (1e-3, 0.01, 0.1, 1.0, 10.0, 100.0, 1e3),
     "lwf": (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
-    "spp": (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0),  # half a decade apart around DEFAULT_LAM = 1
+    "spp": (0.015, 0.05, 0.15, 0.5, 1.5, 5.0, 15.0),  # half a decade apart around DEFAULT_LAM = 0.5
 }
 """Default validation grids: the same number of points (7) for every method, centred on its default.
 
@@ -90,6 +90,7 @@ class TrainConfig:
     spp_accumulate: str = "sum"  # SPP's accumulation across tasks
     spp_importance_samples: int | None = None  # SPP importance subset (None: whole experience)
     spp_curvature_cap: float | None = None  # SPP's optional cap on lam * Omega (not in the paper)
+    spp_importance: str = "entropy"  # "output_norm": MAS's importance through SPP's penalty (a diagnostic)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -118,6 +119,7 @@ class TrainConfig:
         check_choice("spp_clamp", self.spp_clamp, tuple(c for c in CLAMPS if c != "none"))
         check_choice("spp_normalize", self.spp_normalize, NORMALIZATIONS)
         check_choice("spp_accumulate", self.spp_accumulate, ACCUMULATIONS)
+        check_choice("spp_importance", self.spp_importance, IMPORTANCES)
         cap = self.spp_curvature_cap
         bad_cap = isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap <= 1
         if cap is not None and bad_cap:
@@ -207,6 +209,8 @@ def build_strategy(
             "importance_samples": config.spp_importance_samples,
         }
         variants = {"normalize": config.spp_normalize, "curvature_cap": config.spp_curvature_cap}
+        if config.spp_importance != "entropy":
+            variants["importance"] = config.spp_importance
         if any(value is not None for value in variants.values()):  # an experiment of the harness
             plugins.append(SPPVariantPlugin(float(strength), **variants, **options))
         else:

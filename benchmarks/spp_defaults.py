@@ -81,14 +81,25 @@ FORMS: dict[str, dict[str, Any]] = {
     "sat_batch_neg_bf": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
     },
-    "sat_sample_ent": {"spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "entropy"},
-    "sat_sample_neg": {"spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "neg_entropy"},
+    "sat_sample_ent": {
+        "spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "entropy", "spp_fisher": "per_sample",
+    },
+    "sat_sample_neg": {
+        "spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "neg_entropy", "spp_fisher": "per_sample",
+    },
     "mean_batch_ent_bf": {
         "spp_scale": "mean", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",
     },
     "mean_batch_neg_bf": {
         "spp_scale": "mean", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
     },
+    # importances of successive tasks combined by their maximum (the authors' Caltech-101 runs)
+    "sat_batch_neg_bf_max": {
+        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
+        "spp_accumulate": "max",
+    },
+    # MAS's importance (output-norm sensitivity) through SPP's scale and penalty: ranking vs scale
+    "sat_outnorm": {"spp_scale": "saturate", "spp_importance": "output_norm"},
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",
@@ -96,10 +107,12 @@ FORMS: dict[str, dict[str, Any]] = {
     },
     "sat_sample_ent_2k": {
         "spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "entropy",
+        "spp_fisher": "per_sample",
         "spp_importance_samples": 2048,
     },
     "sat_sample_neg_2k": {
         "spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "neg_entropy",
+        "spp_fisher": "per_sample",
         "spp_importance_samples": 2048,
     },
     # the defaults as they stand (whatever SPPPlugin() does now), and the same form at a strength
@@ -226,9 +239,47 @@ def write_check(out: Path, command: str) -> None:
     (out / "check.md").write_text("\n".join(lines) + "\n")
 
 
+#: The option set ``SPPPlugin()`` uses, whose strength :func:`strength_choice` chooses.
+DEFAULT_FORM = "sat_batch_neg_bf"
+
+
+def strength_choice(rows: list[dict[str, Any]], form: str = DEFAULT_FORM) -> dict[str, Any]:
+    """The strength with the smallest worst-case shortfall from each stream's best, for ``form``.
+
+    Streams: those where ``form`` was screened at two strengths or more and Naive forgets (its
+    BWT below -2 points; a stream without a Naive run counts). A strength's shortfall on a stream
+    is the stream's best ACC over ``form``'s strengths minus its ACC there (points). Candidates
+    are the strengths screened on every such stream; the choice minimises the worst shortfall.
+    """
+    streams: dict[str, dict[float, float]] = {}
+    for row in rows:
+        if row["form"] == form and row["lam"] is not None:
+            streams.setdefault(row["stream"], {})[row["lam"]] = row["acc"]
+    naive = {r["stream"]: r["bwt"] for r in rows if r["form"] == "naive"}
+    streams = {s: a for s, a in streams.items() if len(a) >= 2 and naive.get(s, -100.0) < -2.0}
+    best = {s: max(a.values()) for s, a in streams.items()}
+    lams = sorted({lam for a in streams.values() for lam in a})
+    table = []
+    for lam in lams:
+        gaps = {s: best[s] - a[lam] for s, a in streams.items() if lam in a}
+        table.append(
+            {
+                "lam": lam,
+                "shortfall": gaps,
+                "worst": max(gaps.values()),
+                "everywhere": len(gaps) == len(streams),
+            }
+        )
+    candidates = [r for r in table if r["everywhere"]]
+    chosen = min(candidates, key=lambda r: r["worst"])["lam"] if candidates else None
+    return {"form": form, "streams": sorted(streams), "best": best, "table": table, "chosen": chosen}
+
+
 def write_summary(out: Path, command: str) -> None:
     summary = summarize(out)
     summary["command"] = command
+    choice = strength_choice(summary["rows"])
+    summary["strength_choice"] = choice
     write_json(out / "summary.json", summary)
     splits = sorted({row["split"] for row in summary["rows"]})
     lines = [f"Command: `{command}`", "", f"Split: {', '.join(splits)}. ACC / BWT in %, mean over seeds.", ""]
@@ -259,6 +310,25 @@ def write_summary(out: Path, command: str) -> None:
                 cells.append(f"{r['acc']:.2f} / {r['bwt']:.2f}{mark}")
             lines.append(f"| {form} | " + " | ".join(cells) + " |")
         lines.append("")
+    if choice["table"]:
+        names = choice["streams"]
+        lines += [
+            f"### Choosing the strength of `{choice['form']}`",
+            "",
+            "Shortfall of each strength from the stream's best strength, in ACC points (validation).",
+            "",
+            "| lam | " + " | ".join(names) + " | worst |",
+            "|---" * (len(names) + 2) + "|",
+        ]
+        for r in choice["table"]:
+            cells = [f"{r['shortfall'][n]:.2f}" if n in r["shortfall"] else "" for n in names]
+            worst = f"{r['worst']:.2f}" + ("" if r["everywhere"] else " (not screened everywhere)")
+            lines.append(f"| {r['lam']:g} | " + " | ".join(cells) + f" | {worst} |")
+        lines += [
+            "",
+            f"Smallest worst shortfall among strengths screened on every stream: lam {choice['chosen']:g}",
+            "",
+        ]
     (out / "summary.md").write_text("\n".join(lines))
 
 

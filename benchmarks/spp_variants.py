@@ -14,20 +14,28 @@ in docs/results/spp_variants):
   eta``, so a larger ``lam`` strengthens the many small importances without destabilising the few
   large ones. Needs an SGD optimiser (``eta`` and ``mu`` are read from its first parameter group at
   the start of each experience).
+- ``importance="output_norm"``: not SPP's importance but MAS's (Aljundi et al. 2018, as Avalanche's
+  ``MASPlugin`` measures it: the mean over mini-batches of ``|d mean_n ||f(x_n)||^2 / dW|``), put
+  through SPP's scale and penalty: it separates what the ranking of the weights does from what the
+  scale does (docs/method.md, section 4).
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from avalanche_spp.importance import check_choice
+from avalanche_spp.distributed import _unwrap
+from avalanche_spp.importance import check_choice, trainable_parameters
 from avalanche_spp.plugin import SPPPlugin
 
 NORMALIZATIONS = (None, "max", "softmax")
+IMPORTANCES = ("entropy", "output_norm")
 
 
 class SPPVariantPlugin(SPPPlugin):
@@ -40,11 +48,14 @@ class SPPVariantPlugin(SPPPlugin):
         normalize: str | None = None,
         beta: float = 1.0,
         curvature_cap: float | None = None,
+        importance: str = "entropy",
         **options: Any,
     ) -> None:
-        """``SPPPlugin(lam, **options)``, plus ``normalize``, ``beta`` and ``curvature_cap``."""
+        """``SPPPlugin(lam, **options)``, plus ``normalize``, ``beta``, ``curvature_cap``, ``importance``."""
         super().__init__(lam, **options)
         check_choice("normalize", normalize, NORMALIZATIONS)
+        check_choice("importance", importance, IMPORTANCES)
+        self.importance = importance
         if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 < beta < math.inf:
             raise ValueError(f"beta must be a positive number (and finite), got {beta!r}")
         if curvature_cap is not None and (
@@ -81,6 +92,17 @@ class SPPVariantPlugin(SPPPlugin):
             omegas = [torch.clamp(o, max=self._omega_limit) for o in omegas]
         return params, anchors, omegas
 
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """SPP's importance, or with ``importance="output_norm"`` MAS's, folded in as the library does."""
+        if self.importance == "entropy":
+            super().after_training_exp(strategy, **kwargs)
+            return
+        model = _unwrap(strategy.model)
+        start = time.perf_counter()
+        omega = output_norm_importance(model, self._importance_batches(strategy, model))
+        self.importance_time_s.append(time.perf_counter() - start)
+        self.update(model, omega)
+
     def update(self, model: nn.Module, omega: dict[str, Tensor]) -> None:
         """Normalise this experience's importance per tensor, then fold it in as the library does."""
         omega = {n: normalize_importance(v, self.normalize, self.beta) for n, v in omega.items()}
@@ -88,7 +110,12 @@ class SPPVariantPlugin(SPPPlugin):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state["settings"].update(normalize=self.normalize, beta=self.beta, curvature_cap=self.curvature_cap)
+        state["settings"].update(
+            normalize=self.normalize,
+            beta=self.beta,
+            curvature_cap=self.curvature_cap,
+            importance=self.importance,
+        )
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -111,3 +138,32 @@ def normalize_importance(omega: Tensor, normalize: str | None, beta: float) -> T
     # In units of the tensor's mean importance, so beta sets the sharpness whatever Omega's scale.
     flat = torch.softmax(beta * (omega / mean).reshape(-1), dim=0)
     return flat.view_as(omega)
+
+
+def output_norm_importance(model: nn.Module, batches: Iterable[Any]) -> dict[str, Tensor]:
+    """MAS's importance: the mean over mini-batches of ``|d mean_n ||f(x_n)||^2 / dW|``, in eval mode.
+
+    ``batches`` yields inputs ``x`` or ``(x, task)`` items (the plugin's importance batches).
+    """
+    params = trainable_parameters(model)
+    sums = {name: torch.zeros_like(p) for name, p in params.items()}
+    n_batches = 0
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        for item in batches:
+            inputs = item if isinstance(item, tuple) else (item,)
+            output = model(*inputs)
+            grads = torch.autograd.grad(
+                output.pow(2).sum(dim=1).mean(), list(params.values()), allow_unused=True
+            )
+            for name, g in zip(params, grads, strict=True):
+                if g is not None:
+                    sums[name] += g.abs()
+            n_batches += 1
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+    if n_batches == 0:
+        raise ValueError("no input batch to measure the output-norm importance on")
+    return {name: total / n_batches for name, total in sums.items()}

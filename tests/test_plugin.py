@@ -700,7 +700,7 @@ def test_default_plugin_adds_its_penalty_gradient():
     torch.manual_seed(0)
     bench = _stream()
     model = MTSimpleMLP(input_size=8, hidden_size=16)
-    plugin = SPPPlugin()  # lam = 1, saturating scale
+    plugin = SPPPlugin()  # the default strength, saturating scale
     strategy = _strategy(model, [plugin], epochs=1)
     strategy.train(bench.train_stream[0])
     from avalanche_spp.penalty import mean_importance, scaled_importance
@@ -715,7 +715,7 @@ def test_default_plugin_adds_its_penalty_gradient():
     params = dict(model.named_parameters())
     moved = 0
     for name, omega in plugin.omega.items():
-        expected = 2 * scaled_importance(omega, "saturate", mean) * (params[name].detach() - w_star[name])
+        expected = 2 * plugin.lam * scaled_importance(omega, "saturate", mean) * (params[name].detach() - w_star[name])
         torch.testing.assert_close(params[name].grad, expected, msg=name)
         moved += int(torch.count_nonzero(expected))
     assert moved > 0

@@ -66,3 +66,44 @@ def test_unknown_streams_and_forms_are_refused_with_the_known_ones(capsys):
     assert exit_info.value.code == 2
     assert "unknown ['nope']" in capsys.readouterr().err
     assert "split_fmnist_sgd2" in STREAMS and "default" in FORMS and FORMS["default"] == {}
+
+
+def test_strength_choice_minimises_the_worst_shortfall_over_forgetting_streams():
+    from benchmarks.spp_defaults import strength_choice
+
+    def row(stream, form, lam, acc, bwt=-1.0):
+        return {"stream": stream, "form": form, "lam": lam, "acc": acc, "bwt": bwt}
+
+    rows = [
+        row("a", "naive", None, 50.0, bwt=-10.0),
+        row("a", "f", 0.3, 90.0), row("a", "f", 1.0, 92.0), row("a", "f", 3.0, 93.0),
+        row("b", "f", 0.3, 80.0), row("b", "f", 1.0, 78.5), row("b", "f", 3.0, 75.0),  # no Naive: counts
+        row("c", "naive", None, 70.0, bwt=-1.0),  # Naive does not forget: left out
+        row("c", "f", 0.3, 10.0), row("c", "f", 1.0, 99.0),
+        row("d", "f", 1.0, 60.0),  # one strength only: left out
+        row("a", "g", 1.0, 0.0), row("b", "g", 1.0, 0.0),  # another form
+    ]  # fmt: skip
+    choice = strength_choice(rows, form="f")
+    assert choice["streams"] == ["a", "b"]
+    worst = {r["lam"]: r["worst"] for r in choice["table"]}
+    # shortfalls: 0.3 -> a 3.0, b 0.0; 1 -> a 1.0, b 1.5; 3 -> a 0.0, b 5.0
+    assert worst == {0.3: 3.0, 1.0: 1.5, 3.0: 5.0}
+    assert choice["chosen"] == 1.0
+    rows.append(row("b", "f", 10.0, 80.0))  # screened on b only: not a candidate, though its worst is 0
+    again = strength_choice(rows, form="f")
+    assert {r["lam"]: r["everywhere"] for r in again["table"]}[10.0] is False
+    assert again["chosen"] == 1.0
+
+
+def test_every_screen_form_is_a_valid_training_configuration():
+    """A form whose options contradict the defaults (a per-sample clamp with the batch Fisher) fails."""
+    from dataclasses import replace
+
+    from avalanche.models import MTSimpleMLP
+
+    from benchmarks.baselines import TrainConfig, build_strategy
+    from benchmarks.spp_defaults import FORMS
+
+    for name, options in FORMS.items():  # builds the SPP plugin: raises ValueError on a refused form
+        build_strategy("spp", MTSimpleMLP(input_size=4, hidden_size=8), replace(TrainConfig(), **options))
+    assert FORMS["sat_sample_neg"]["spp_clamp"] == "sample"

@@ -190,3 +190,44 @@ def test_the_library_plugin_has_no_variant_arguments():
     for name in ("normalize", "beta", "curvature_cap"):
         with pytest.raises(TypeError):
             SPPPlugin(**{name: None})
+
+
+def test_output_norm_importance_is_mas_mean_absolute_batch_gradient_by_hand():
+    from benchmarks.spp_variants import output_norm_importance
+
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 2).double()
+    batches = [torch.randn(4, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)]
+    layer.train()
+    omega = output_norm_importance(layer, batches)
+    assert layer.training  # its mode is restored
+    w, b = layer.weight.detach(), layer.bias.detach()
+    expected_w, expected_b = torch.zeros_like(w), torch.zeros_like(b)
+    for x in batches:  # d/dW mean_n ||W x_n + b||^2 = 2/N sum_n (W x_n + b) x_n^T, then |.|
+        out = x @ w.T + b
+        expected_w += (2 * out.T @ x / len(x)).abs()
+        expected_b += (2 * out.sum(0) / len(x)).abs()
+    torch.testing.assert_close(omega["weight"], expected_w / 2)
+    torch.testing.assert_close(omega["bias"], expected_b / 2)
+    with pytest.raises(ValueError, match="no input batch"):
+        output_norm_importance(layer, [])
+
+
+def test_the_output_norm_variant_folds_mas_importance_into_the_penalty():
+    from benchmarks.spp_variants import output_norm_importance
+
+    torch.manual_seed(0)
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    plugin = SPPVariantPlugin(lam=1.0, importance="output_norm")
+    strategy = _strategy(model, [plugin], epochs=1)
+    strategy.train(bench.train_stream[0])
+    view = SimpleNamespace(model=model, experience=bench.train_stream[0], plugins=[])
+    expected = output_norm_importance(model, plugin._importance_batches(view, model))
+    assert set(plugin.omega) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(plugin.omega[name], expected[name])
+    assert any(v.abs().sum() > 0 for v in plugin.omega.values())
+    assert plugin.state_dict()["settings"]["importance"] == "output_norm"
+    with pytest.raises(ValueError, match="importance must be one of"):
+        SPPVariantPlugin(importance="fisher")
