@@ -82,10 +82,12 @@ FORMS: dict[str, dict[str, Any]] = {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
     },
     "sat_sample_ent": {
-        "spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "entropy", "spp_fisher": "per_sample",
+        "spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "entropy",
+        "spp_fisher": "per_sample",
     },
     "sat_sample_neg": {
-        "spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "neg_entropy", "spp_fisher": "per_sample",
+        "spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "neg_entropy",
+        "spp_fisher": "per_sample",
     },
     "mean_batch_ent_bf": {
         "spp_scale": "mean", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",
@@ -243,36 +245,79 @@ def write_check(out: Path, command: str) -> None:
 DEFAULT_FORM = "sat_batch_neg_bf"
 
 
-def strength_choice(rows: list[dict[str, Any]], form: str = DEFAULT_FORM) -> dict[str, Any]:
+#: The forms whose strengths :func:`write_summary` also compares side by side (the two signs).
+SIGN_FORMS = (DEFAULT_FORM, "sat_batch_ent_bf")
+
+
+def strength_choice(
+    rows: list[dict[str, Any]], form: str = DEFAULT_FORM, forms: Sequence[str] | None = None
+) -> dict[str, Any]:
     """The strength with the smallest worst-case shortfall from each stream's best, for ``form``.
 
-    Streams: those where ``form`` was screened at two strengths or more and Naive forgets (its
-    BWT below -2 points; a stream without a Naive run counts). A strength's shortfall on a stream
-    is the stream's best ACC over ``form``'s strengths minus its ACC there (points). Candidates
+    Streams: those where every form was screened, at two strengths or more in all, and Naive
+    forgets (its BWT below -2 points; a stream without a Naive run counts). A strength's shortfall on a stream
+    is the stream's best ACC over the forms' strengths minus its ACC there (points). Candidates
     are the strengths screened on every such stream; the choice minimises the worst shortfall.
+    ``forms`` (several forms) makes the candidates ``(form, strength)`` pairs instead, and the
+    choice one of them.
     """
-    streams: dict[str, dict[float, float]] = {}
+    names = tuple(forms) if forms is not None else (form,)
+    streams: dict[str, dict[tuple[str, float], float]] = {}
     for row in rows:
-        if row["form"] == form and row["lam"] is not None:
-            streams.setdefault(row["stream"], {})[row["lam"]] = row["acc"]
+        if row["form"] in names and row["lam"] is not None:
+            streams.setdefault(row["stream"], {})[(row["form"], row["lam"])] = row["acc"]
     naive = {r["stream"]: r["bwt"] for r in rows if r["form"] == "naive"}
-    streams = {s: a for s, a in streams.items() if len(a) >= 2 and naive.get(s, -100.0) < -2.0}
+    streams = {
+        s: a
+        for s, a in streams.items()
+        if len(a) >= 2 and naive.get(s, -100.0) < -2.0 and {f for f, _ in a} == set(names)
+    }
     best = {s: max(a.values()) for s, a in streams.items()}
-    lams = sorted({lam for a in streams.values() for lam in a})
+    keys = sorted({key for a in streams.values() for key in a}, key=lambda k: (names.index(k[0]), k[1]))
     table = []
-    for lam in lams:
-        gaps = {s: best[s] - a[lam] for s, a in streams.items() if lam in a}
+    for key in keys:
+        gaps = {s: best[s] - a[key] for s, a in streams.items() if key in a}
         table.append(
             {
-                "lam": lam,
+                "form": key[0],
+                "lam": key[1],
                 "shortfall": gaps,
                 "worst": max(gaps.values()),
                 "everywhere": len(gaps) == len(streams),
             }
         )
     candidates = [r for r in table if r["everywhere"]]
-    chosen = min(candidates, key=lambda r: r["worst"])["lam"] if candidates else None
-    return {"form": form, "streams": sorted(streams), "best": best, "table": table, "chosen": chosen}
+    best_row = min(candidates, key=lambda r: r["worst"]) if candidates else None
+    chosen = (
+        None
+        if best_row is None
+        else (best_row["lam"] if forms is None else (best_row["form"], best_row["lam"]))
+    )
+    return {"form": form if forms is None else list(names), "streams": sorted(streams), "best": best,
+            "table": table, "chosen": chosen}  # fmt: skip
+
+
+def _choice_lines(choice: dict[str, Any], title: str) -> list[str]:
+    names = choice["streams"]
+    lines = [
+        title,
+        "",
+        "Shortfall from the stream's best, in ACC points (validation).",
+        "",
+        "| form | lam | " + " | ".join(names) + " | worst |",
+        "|---" * (len(names) + 3) + "|",
+    ]
+    for r in choice["table"]:
+        cells = [f"{r['shortfall'][n]:.2f}" if n in r["shortfall"] else "" for n in names]
+        worst = f"{r['worst']:.2f}" + ("" if r["everywhere"] else " (not screened everywhere)")
+        lines.append(f"| {r['form']} | {r['lam']:g} | " + " | ".join(cells) + f" | {worst} |")
+    chosen = choice["chosen"]
+    text = (
+        "n/a"
+        if chosen is None
+        else (f"lam {chosen:g}" if isinstance(chosen, float) else f"{chosen[0]} at lam {chosen[1]:g}")
+    )
+    return lines + ["", f"Smallest worst shortfall among those screened on every stream: {text}", ""]
 
 
 def write_summary(out: Path, command: str) -> None:
@@ -311,24 +356,11 @@ def write_summary(out: Path, command: str) -> None:
             lines.append(f"| {form} | " + " | ".join(cells) + " |")
         lines.append("")
     if choice["table"]:
-        names = choice["streams"]
-        lines += [
-            f"### Choosing the strength of `{choice['form']}`",
-            "",
-            "Shortfall of each strength from the stream's best strength, in ACC points (validation).",
-            "",
-            "| lam | " + " | ".join(names) + " | worst |",
-            "|---" * (len(names) + 2) + "|",
-        ]
-        for r in choice["table"]:
-            cells = [f"{r['shortfall'][n]:.2f}" if n in r["shortfall"] else "" for n in names]
-            worst = f"{r['worst']:.2f}" + ("" if r["everywhere"] else " (not screened everywhere)")
-            lines.append(f"| {r['lam']:g} | " + " | ".join(cells) + f" | {worst} |")
-        lines += [
-            "",
-            f"Smallest worst shortfall among strengths screened on every stream: lam {choice['chosen']:g}",
-            "",
-        ]
+        lines += _choice_lines(choice, f"### Choosing the strength of `{choice['form']}`")
+    signs = strength_choice(summary["rows"], forms=SIGN_FORMS)
+    summary["sign_choice"] = signs
+    if signs["table"]:
+        lines += _choice_lines(signs, "### The two signs side by side (`taylor_of`)")
     (out / "summary.md").write_text("\n".join(lines))
 
 

@@ -715,7 +715,8 @@ def test_default_plugin_adds_its_penalty_gradient():
     params = dict(model.named_parameters())
     moved = 0
     for name, omega in plugin.omega.items():
-        expected = 2 * plugin.lam * scaled_importance(omega, "saturate", mean) * (params[name].detach() - w_star[name])
+        scaled = scaled_importance(omega, "saturate", mean)
+        expected = 2 * plugin.lam * scaled * (params[name].detach() - w_star[name])
         torch.testing.assert_close(params[name].grad, expected, msg=name)
         moved += int(torch.count_nonzero(expected))
     assert moved > 0

@@ -104,6 +104,25 @@ def test_every_screen_form_is_a_valid_training_configuration():
     from benchmarks.baselines import TrainConfig, build_strategy
     from benchmarks.spp_defaults import FORMS
 
-    for name, options in FORMS.items():  # builds the SPP plugin: raises ValueError on a refused form
+    for options in FORMS.values():  # builds the SPP plugin: raises ValueError on a refused form
         build_strategy("spp", MTSimpleMLP(input_size=4, hidden_size=8), replace(TrainConfig(), **options))
     assert FORMS["sat_sample_neg"]["spp_clamp"] == "sample"
+
+
+def test_strength_choice_over_two_forms_picks_a_form_and_strength_pair():
+    from benchmarks.spp_defaults import strength_choice
+
+    rows = [
+        {"stream": s, "form": f, "lam": lam, "acc": acc, "bwt": -5.0}
+        for s, f, lam, acc in (
+            ("a", "f", 1.0, 90.0), ("a", "f", 3.0, 91.0), ("a", "g", 1.0, 92.0),
+            ("b", "f", 1.0, 80.0), ("b", "f", 3.0, 70.0), ("b", "g", 1.0, 79.0),
+            ("c", "f", 1.0, 50.0), ("c", "f", 3.0, 60.0),  # form g never screened here: left out
+        )
+    ]  # fmt: skip
+    choice = strength_choice(rows, forms=("f", "g"))
+    assert choice["streams"] == ["a", "b"]
+    worst = {(r["form"], r["lam"]): r["worst"] for r in choice["table"]}
+    # best: a 92 (g, 1), b 80 (f, 1); shortfalls f1: 2, 0; f3: 1, 10; g1: 0, 1
+    assert worst == {("f", 1.0): 2.0, ("f", 3.0): 10.0, ("g", 1.0): 1.0}
+    assert choice["chosen"] == ("g", 1.0)
