@@ -211,18 +211,22 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         model = _unwrap(strategy.model)
         _check_not_empty(strategy, strategy.experience.dataset)
         start = time.perf_counter()
-        omega = entropy_importance(
+        omega = self._importance(model, self._importance_batches(strategy, model))
+        self.importance_time_s.append(time.perf_counter() - start)
+        self.update(model, omega)
+
+    def _importance(self, model: nn.Module, batches: Iterator[Any]) -> dict[str, Tensor]:
+        """This experience's ``Omega`` (paper eq. 3; a subclass may measure another importance)."""
+        # A multi-head item is (x, int task): the default forward, model(x, task), takes
+        # MultiTaskModule's single-task path, that head's own logits with no zero padding.
+        return entropy_importance(
             model,
-            # A multi-head item is (x, int task): the default forward, model(x, task), takes
-            # MultiTaskModule's single-task path, that head's own logits with no zero padding.
-            self._importance_batches(strategy, model),
+            batches,
             taylor_of=self.taylor_of,
             clamp=self.clamp,
             fisher=self.fisher,
             all_reduce=_all_reduce_if_distributed(),
         )
-        self.importance_time_s.append(time.perf_counter() - start)
-        self.update(model, omega)
 
     # ------------------------------------------------------------------------------- state
     def update(self, model: nn.Module, omega: dict[str, Tensor]) -> None:

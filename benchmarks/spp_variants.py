@@ -23,14 +23,12 @@ in docs/results/spp_variants):
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from avalanche_spp.distributed import _unwrap
 from avalanche_spp.importance import check_choice, trainable_parameters
 from avalanche_spp.plugin import SPPPlugin
 
@@ -92,16 +90,11 @@ class SPPVariantPlugin(SPPPlugin):
             omegas = [torch.clamp(o, max=self._omega_limit) for o in omegas]
         return params, anchors, omegas
 
-    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        """SPP's importance, or with ``importance="output_norm"`` MAS's, folded in as the library does."""
+    def _importance(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, Tensor]:
+        """SPP's importance, or with ``importance="output_norm"`` MAS's."""
         if self.importance == "entropy":
-            super().after_training_exp(strategy, **kwargs)
-            return
-        model = _unwrap(strategy.model)
-        start = time.perf_counter()
-        omega = output_norm_importance(model, self._importance_batches(strategy, model))
-        self.importance_time_s.append(time.perf_counter() - start)
-        self.update(model, omega)
+            return super()._importance(model, batches)
+        return output_norm_importance(model, batches)
 
     def update(self, model: nn.Module, omega: dict[str, Tensor]) -> None:
         """Normalise this experience's importance per tensor, then fold it in as the library does."""
