@@ -7,10 +7,12 @@ is imported lazily on first access, so the math stays usable without Avalanche i
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = ["SPPPlugin", "entropy_importance", "spp_penalty", "__version__"]
+_HOMES = {"SPPPlugin": "plugin", "entropy_importance": "importance", "spp_penalty": "penalty"}
 
 if TYPE_CHECKING:  # pragma: no cover
     from avalanche_spp.importance import entropy_importance
@@ -19,16 +21,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def __getattr__(name: str) -> Any:
-    if name == "SPPPlugin":
-        from avalanche_spp.plugin import SPPPlugin
-
-        return SPPPlugin
-    if name == "entropy_importance":
-        from avalanche_spp.importance import entropy_importance
-
-        return entropy_importance
-    if name == "spp_penalty":
-        from avalanche_spp.penalty import spp_penalty
-
-        return spp_penalty
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"avalanche_spp.{_HOMES[name]}"), name)
     raise AttributeError(f"module 'avalanche_spp' has no attribute {name!r}")

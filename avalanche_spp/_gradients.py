@@ -1,11 +1,12 @@
-"""Entropy gradients for the importance pass: per batch, per sample, and the exact Hessian diagonal.
+"""Entropy gradients for the importance pass: per batch and per sample.
 
-Per-sample gradients come from one of two paths. For a model whose every trainable parameter sits
-in its own ``nn.Linear`` (called once per forward on ``(B, features)`` rows), the gradient of
-sample ``n`` is the outer product ``d_n a_n^T`` of the layer's output gradient and input, recorded
-with forward hooks in one backward pass (the *linear shortcut*; checked against autograd on every
-batch). Any other model goes through ``torch.func.vmap`` of the per-sample gradient. Both are
-chunked so that a chunk holds at most :data:`_PER_SAMPLE_BUDGET` scalars.
+Per-sample gradients come from ``torch.func.vmap``, chunked so that a chunk holds at most
+:data:`_PER_SAMPLE_BUDGET` scalars. Their sums (the per-sample Fisher) have a shortcut: for a model
+whose every trainable parameter sits in its own ``nn.Linear`` (called once per forward on
+``(B, features)`` rows), sample ``n``'s weight gradient is the outer product ``d_n a_n^T`` of the
+layer's output gradient and input, so ``sum_n g_n**2 = (d**2)^T (a**2)`` from one backward pass
+(recorded with forward hooks, checked against autograd on every batch). The per-sample clamp needs
+every ``g_n`` itself, which the outer products give no faster than vmap, so it always uses vmap.
 
 Private to :mod:`avalanche_spp.importance`, which holds the options and the estimate.
 """
@@ -27,33 +28,6 @@ EntropyFn = Callable[[Tensor], Tensor]
 _PER_SAMPLE_BUDGET = 2**25
 
 
-_LINEAR_NEEDS = (
-    'per_sample_backend="linear" needs every trainable parameter in its own nn.Linear, called once '
-    'per forward on (B, features) inputs and used nowhere else; use "auto" or "vmap"'
-)
-
-
-def _linear_shortcut(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    forward: ForwardFn,
-    entropy_fn: EntropyFn,
-    inputs: tuple,
-    opts: Any,
-) -> dict[nn.Linear, tuple[Tensor, Tensor]] | None:
-    """The layers' ``(a, d)`` where the ``nn.Linear`` shortcut holds for this batch, else ``None``.
-
-    Raises:
-        ValueError: ``per_sample_backend="linear"`` and the shortcut does not hold.
-    """
-    if opts.linear_layers is None:
-        return None
-    recorded = _record_linear_layers(model, opts.linear_layers, params, forward, entropy_fn, inputs)
-    if recorded is None and opts.backend == "linear":
-        raise ValueError(_LINEAR_NEEDS)
-    return recorded
-
-
 def _per_sample_sums(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -63,7 +37,7 @@ def _per_sample_sums(
     opts: Any,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """``sum_n g_n`` and ``sum_n g_n**2`` over one batch: the linear shortcut where it holds, else vmap."""
-    recorded = _linear_shortcut(model, params, forward, entropy_fn, inputs, opts)
+    recorded = _linear_shortcut(model, params, forward, entropy_fn, inputs, opts.linear_layers)
     if recorded is not None:
         return _linear_sums(params, recorded)
     g_sum = {n: torch.zeros_like(p, dtype=_acc_dtype(p)) for n, p in params.items()}
@@ -72,22 +46,6 @@ def _per_sample_sums(
         g_sum[name] += chunk.sum(dim=0)
         curv_sum[name] += (chunk * chunk).sum(dim=0)
     return g_sum, curv_sum
-
-
-def _per_sample_grad_chunks(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    forward: ForwardFn,
-    entropy_fn: EntropyFn,
-    inputs: tuple,
-    opts: Any,
-) -> Iterator[tuple[str, Tensor]]:
-    """``(name, g)`` pairs with ``g`` of shape ``(chunk, *param.shape)``: every sample's gradient once."""
-    recorded = _linear_shortcut(model, params, forward, entropy_fn, inputs, opts)
-    if recorded is not None:
-        yield from _linear_grad_chunks(params, recorded)
-        return
-    yield from _vmap_grad_chunks(model, params, forward, entropy_fn, inputs, opts.n_scalars)
 
 
 def _call_model(model: nn.Module, *inputs: Any) -> Tensor:
@@ -142,22 +100,24 @@ def _linear_layers_covering(model: nn.Module, params: Mapping[str, Tensor]) -> l
     return layers
 
 
-def _record_linear_layers(
+def _linear_shortcut(
     model: nn.Module,
-    layers: list[nn.Linear],
     params: Mapping[str, Tensor],
     forward: ForwardFn,
     entropy_fn: EntropyFn,
     inputs: tuple,
+    layers: list[nn.Linear] | None,
 ) -> dict[nn.Linear, tuple[Tensor, Tensor]] | None:
     """Each called layer's inputs ``a`` (B, in) and output gradients ``d`` (B, out) of the summed entropy.
 
     In eval mode each sample's entropy depends on that sample only, so row ``n`` of ``d`` is sample
     ``n``'s, and the layer's per-sample weight gradient is the outer product ``d_n a_n^T``. Returns
-    ``None`` (the caller falls back to ``vmap``) when that does not hold: a layer called more than
-    once or on inputs that are not one ``(B, features)`` row per sample (rows reshaped to
-    ``(B*T, F)``), or a weight whose true gradient differs from ``d^T a`` (used outside its layer).
+    ``None`` (the caller falls back to ``vmap``) when that does not hold: ``layers`` is ``None`` (a
+    parameter outside its own ``nn.Linear``), a layer called more than once or on inputs that are
+    not one ``(B, features)`` row per sample, or a weight used outside its layer.
     """
+    if layers is None:
+        return None
     seen: dict[nn.Linear, list[tuple[Tensor, Tensor]]] = {layer: [] for layer in layers}
 
     def record(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
@@ -226,22 +186,6 @@ def _linear_sums(
     return g_sum, curv_sum
 
 
-def _linear_grad_chunks(
-    params: Mapping[str, Tensor],
-    recorded: dict[nn.Linear, tuple[Tensor, Tensor]],
-) -> Iterator[tuple[str, Tensor]]:
-    """Per-sample gradients of every ``nn.Linear`` as chunked outer products ``d_n a_n^T``."""
-    names = {id(p): n for n, p in params.items()}
-    for layer, (a, d) in recorded.items():
-        if id(layer.weight) in names:
-            chunk = max(1, _PER_SAMPLE_BUDGET // max(layer.weight.numel(), 1))
-            for start in range(0, a.shape[0], chunk):
-                rows = slice(start, start + chunk)
-                yield names[id(layer.weight)], d[rows, :, None] * a[rows, None, :]  # (C, out, in)
-        if layer.bias is not None and id(layer.bias) in names:
-            yield names[id(layer.bias)], d.clone()  # (B, out); the caller may change it in place
-
-
 def _vmap_grad_chunks(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -269,35 +213,6 @@ def _vmap_grad_chunks(
         grads = per_sample_grad(detached, *[inputs[i][start : start + chunk] for i in tensor_positions])
         for name, p in params.items():
             yield name, grads["model." + name].to(_acc_dtype(p))  # (C, *param.shape)
-
-
-def _exact_terms(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    forward: ForwardFn,
-    entropy_fn: EntropyFn,
-    inputs: tuple,
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Sum over the batch of ``g_n`` and of the exact Hessian diagonal ``d2 H_n / dW_k**2``."""
-    batch_size = _batch_size(inputs)
-    entropy = _checked_entropy(entropy_fn, forward(model, *inputs), batch_size).sum()
-    tensors = list(params.values())
-    grads = torch.autograd.grad(entropy, tensors, create_graph=True, allow_unused=True)
-    g_sum, curv_sum = {}, {}
-    for (name, p), g in zip(params.items(), grads, strict=True):
-        diagonal = torch.zeros(p.numel(), dtype=_acc_dtype(p), device=p.device)
-        if g is None or not g.requires_grad:
-            g_sum[name] = torch.zeros_like(p, dtype=_acc_dtype(p))
-            curv_sum[name] = diagonal.view_as(p)
-            continue
-        flat = g.reshape(-1)
-        for k in range(flat.numel()):
-            (second,) = torch.autograd.grad(flat[k], p, retain_graph=True, allow_unused=True)
-            if second is not None:
-                diagonal[k] = second.reshape(-1)[k]
-        g_sum[name] = g.detach().to(_acc_dtype(p))
-        curv_sum[name] = diagonal.view_as(p)
-    return g_sum, curv_sum
 
 
 def _acc_dtype(p: Tensor) -> torch.dtype:

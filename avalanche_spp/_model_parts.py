@@ -1,7 +1,4 @@
-"""How the plugin reads a model: what a loss reaches, layers that grew.
-
-Private helpers of :mod:`avalanche_spp.plugin`.
-"""
+"""How the plugin reads a model (what a loss reaches, layers that grew); private to the plugin."""
 
 from __future__ import annotations
 
@@ -31,13 +28,8 @@ def _leaves_reached(loss: Tensor) -> set:
 
 
 def _grow_to(tensor: Tensor, shape: torch.Size, name: str, *, what: str) -> Tensor:
-    """Zero-pad ``tensor`` to ``shape`` along dim 0 (new output units); refuse any other change.
-
-    Only the first dimension may grow: new rows of a weight ``(out, in, ...)`` or new entries of a
-    bias are new output units, which nothing learned before depends on. A grown input (or kernel)
-    dimension would put zero importance on weights that read new inputs of *old* units, and the
-    old weights would no longer line up with the inputs they were measured on.
-    """
+    """Zero-pad ``tensor`` to ``shape`` along dim 0 (new output units, which nothing learned before
+    depends on); refuse any other change: grown inputs would no longer line up with the old weights."""
     if tensor.shape == shape:
         return tensor
     same_rank = tensor.dim() == len(shape)

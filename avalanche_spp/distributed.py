@@ -7,7 +7,7 @@ estimate, so every rank ends with the importance of the whole experience (docs/d
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -21,24 +21,23 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _all_reduce_if_distributed():
-    if not _distributed() or torch.distributed.get_world_size() == 1:
+def _world() -> tuple[int, int] | None:
+    """``(rank, world size)`` in a multi-process run of two or more ranks, else ``None``."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return None
-
-    def all_reduce(tensor: Tensor) -> None:
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-
-    return all_reduce
+    return dist.get_rank(), dist.get_world_size()
 
 
-def _distributed_sampler(dataset: Any):
-    if not _distributed() or torch.distributed.get_world_size() == 1:
+def _all_reduce_if_distributed() -> Callable[[Tensor], Any] | None:
+    if _world() is None:
         return None
-    return ShardSampler(len(dataset), torch.distributed.get_rank(), torch.distributed.get_world_size())
+    return lambda tensor: torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+
+
+def _distributed_sampler(dataset: Any) -> ShardSampler | None:
+    world = _world()
+    return None if world is None else ShardSampler(len(dataset), *world)
 
 
 class ShardSampler(torch.utils.data.Sampler):

@@ -17,7 +17,6 @@ import torch
 from torch import Tensor, nn
 
 from avalanche_spp._gradients import (
-    _LINEAR_NEEDS,
     EntropyFn,
     ForwardFn,
     _acc_dtype,
@@ -25,20 +24,18 @@ from avalanche_spp._gradients import (
     _batch_terms,
     _call_model,
     _checked_entropy,
-    _exact_terms,
     _linear_layers_covering,
-    _per_sample_grad_chunks,
     _per_sample_sums,
     _to_device,
+    _vmap_grad_chunks,
 )
 
 log = logging.getLogger(__name__)
 
 FISHER_ESTIMATES = ("per_sample", "batch")
-HESSIANS = ("fisher", "exact")
 TAYLOR_OF = ("entropy", "neg_entropy")
 CLAMPS = ("experience", "batch", "sample", "none")
-PER_SAMPLE_BACKENDS = ("auto", "linear", "vmap")
+PER_SAMPLE_BACKENDS = ("auto", "vmap")
 
 #: Defaults of :func:`entropy_importance` and :class:`avalanche_spp.SPPPlugin`, chosen by measurement
 #: (docs/method.md, "Defaults"; docs/results/spp_defaults).
@@ -50,42 +47,23 @@ DEFAULT_SCALE = "saturate"
 
 SCALES = ("raw", "mean", "saturate")
 
-#: The largest number of trainable scalars for which ``hessian="exact"`` is allowed.
-EXACT_HESSIAN_MAX_PARAMS = 20_000
-
 
 class DivergedError(ValueError):
     """The importance came out NaN or infinite: the model (or its training) diverged."""
 
 
 def categorical_entropy(logits: Tensor) -> Tensor:
-    """Entropy of the softmax distribution of ``logits`` over the last dimension.
-
-    Uses ``log_softmax`` (never ``log(softmax)``), so saturated logits give a finite entropy.
-
-    Args:
-        logits: ``(B, C)`` or ``(B, ..., C)``.
-
-    Returns:
-        ``(B,)``: ``H(q) = -sum_c q_c log q_c``, summed over any dimensions between batch and class.
-    """
+    """``(B,)``: ``H(q) = -sum_c q_c log q_c`` of the softmax of ``logits`` ``(B, ..., C)`` over the
+    last dimension, summed over any dimensions between; ``log_softmax``, so finite when saturated."""
     logq = torch.log_softmax(logits, dim=-1)
     entropy = -(logq.exp() * logq).sum(dim=-1)
     return entropy.reshape(entropy.shape[0], -1).sum(dim=1) if entropy.dim() > 1 else entropy
 
 
 def bernoulli_entropy(logits: Tensor) -> Tensor:
-    """Entropy of independent Bernoulli outputs (e.g. a VAE decoder's pixels), from their logits.
-
-    ``H = -p log p - (1 - p) log(1 - p)`` with ``p = sigmoid(l)``, written with ``softplus`` so it is
-    finite for any logit: ``H = p * softplus(-l) + (1 - p) * softplus(l)``.
-
-    Args:
-        logits: ``(B, ...)``.
-
-    Returns:
-        ``(B,)``: the entropy summed over every non-batch dimension.
-    """
+    """``(B,)``: the entropy of independent Bernoulli outputs (a VAE decoder's pixels) of ``logits``
+    ``(B, ...)``, summed over every non-batch dimension. ``H = -p log p - (1 - p) log(1 - p)``,
+    ``p = sigmoid(l)``, as ``p * softplus(-l) + (1 - p) * softplus(l)``: finite for any logit."""
     p = torch.sigmoid(logits)
     entropy = p * nn.functional.softplus(-logits) + (1 - p) * nn.functional.softplus(logits)
     return entropy.reshape(entropy.shape[0], -1).sum(dim=1)
@@ -107,7 +85,6 @@ def entropy_importance(
     taylor_of: str = DEFAULT_TAYLOR_OF,
     clamp: str = DEFAULT_CLAMP,
     fisher: str = DEFAULT_FISHER,
-    hessian: str = "fisher",
     entropy_fn: EntropyFn | None = None,
     max_batches: int | None = None,
     all_reduce: Callable[[Tensor], Any] | None = None,
@@ -142,18 +119,15 @@ def entropy_importance(
         fisher: ``"per_sample"``: ``F = mean_n g_n**2``; ``"batch"``: ``F = mean_b (mean_{n in b}
             g_n)**2``, the squared mini-batch gradient (one backward pass per batch; it shrinks as
             the batch grows). ``clamp="sample"`` needs ``"per_sample"``.
-        hessian: ``"fisher"`` (the paper) or ``"exact"``: the true Hessian diagonal of the mean
-            entropy by double backward, for small models (the tests check the estimate with it).
         entropy_fn: ``entropy_fn(output) -> (B,)`` per-sample entropy; defaults to
             :func:`categorical_entropy` of logits. VAEs use :func:`bernoulli_entropy`.
         max_batches: use at most this many items of ``batches``.
         all_reduce: in a multi-process run, a function that sums a tensor in place across
             processes (e.g. ``torch.distributed.all_reduce``); each process passes its shard and
             every process gets the ``Omega`` of the whole data.
-        per_sample_backend: how per-sample gradients are taken. ``"linear"``: from each
-            ``nn.Linear``'s inputs and output gradients (outer products ``d_n a_n^T``; MLPs).
-            ``"vmap"``: ``torch.func.vmap``, any model. ``"auto"`` (default): ``"linear"`` where its
-            batch gradient is checked to equal the model's true one, else ``"vmap"``.
+        per_sample_backend: ``"auto"`` (default): the per-sample Fisher from outer products of each
+            ``nn.Linear``'s inputs and output gradients where every parameter sits in one and the
+            batch gradient checks out (MLPs), else ``torch.func.vmap``; ``"vmap"``: always vmap.
 
     Returns:
         ``{name: Omega}`` with ``Omega`` shaped like the parameter, for every parameter with
@@ -166,7 +140,7 @@ def entropy_importance(
         DivergedError: a non-finite importance (a diverged model), a subclass of ``ValueError``.
     """
     options = _ImportanceOptions.checked(
-        model, batches, taylor_of, clamp, fisher, hessian, max_batches, per_sample_backend
+        model, batches, taylor_of, clamp, fisher, max_batches, per_sample_backend
     )
     params = trainable_parameters(model)
     forward = forward or _call_model
@@ -205,39 +179,28 @@ class _ImportanceOptions:
         taylor_of: str,
         clamp: str,
         fisher: str,
-        hessian: str,
         max_batches: Any,
         per_sample_backend: str,
     ) -> _ImportanceOptions:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         _check_batches(batches)
-        check_form(taylor_of, clamp, fisher, hessian)
+        check_form(taylor_of, clamp, fisher)
         check_choice("per_sample_backend", per_sample_backend, PER_SAMPLE_BACKENDS)
         if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
             raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
         params = trainable_parameters(model)
         if not params:
             raise ValueError("the model has no trainable parameter (requires_grad=True): nothing to measure")
-        n_scalars = sum(p.numel() for p in params.values())
-        if hessian == "exact" and n_scalars > EXACT_HESSIAN_MAX_PARAMS:
-            raise ValueError(
-                f'hessian="exact" needs one backward pass per parameter: the model has {n_scalars} '
-                f'trainable scalars (limit {EXACT_HESSIAN_MAX_PARAMS}); use hessian="fisher"'
-            )
         linear_layers = None
-        if fisher == "per_sample" and hessian == "fisher" and per_sample_backend != "vmap":
+        if fisher == "per_sample" and per_sample_backend == "auto":
             linear_layers = _linear_layers_covering(model, params)
-            if linear_layers is None and per_sample_backend == "linear":
-                raise ValueError(_LINEAR_NEEDS)
         return cls(
             sign=-1.0 if taylor_of == "entropy" else 1.0,
             clamp=clamp,
             fisher=fisher,
-            hessian=hessian,
-            backend=per_sample_backend,
             linear_layers=linear_layers,
-            n_scalars=n_scalars,
+            n_scalars=sum(p.numel() for p in params.values()),
         )
 
 
@@ -253,11 +216,9 @@ class _ImportanceSums:
         self.options = options
         self.weights = {n: p.detach().to(_acc_dtype(p)) for n, p in params.items()}
         self.per_experience = options.clamp in ("experience", "none")
-        kept = ("grad_sum", "curv_sum") if self.per_experience else ("clamped_sum",)
-        for key in ("grad_sum", "curv_sum", "clamped_sum"):  # only the sums this clamp needs
-            setattr(
-                self, key, {n: torch.zeros_like(w) for n, w in self.weights.items()} if key in kept else {}
-            )
+        zeros = {n: torch.zeros_like(w) for n, w in self.weights.items()}  # only the sums this clamp needs
+        self.grad_sum = {n: z.clone() for n, z in zeros.items()} if self.per_experience else {}
+        self.curv_sum, self.clamped_sum = (zeros, {}) if self.per_experience else ({}, zeros)
         self.n_samples = 0
 
     def estimate(self, name: str, g: Tensor, curvature: Tensor) -> Tensor:
@@ -269,18 +230,18 @@ class _ImportanceSums:
         opts = self.options
         batch_size = _batch_size(inputs)
         if opts.clamp == "sample":
-            for name, chunk in _per_sample_grad_chunks(model, self.params, forward, entropy_fn, inputs, opts):
+            for name, chunk in _vmap_grad_chunks(
+                model, self.params, forward, entropy_fn, inputs, opts.n_scalars
+            ):
                 clamped = _clamped_estimate(chunk * self.weights[name], self.options.sign)
                 self.clamped_sum[name] += clamped.sum(dim=0)
             self.n_samples += batch_size
             return
-        if opts.clamp == "batch" and opts.fisher == "batch" and opts.hessian == "fisher":
+        if opts.clamp == "batch" and opts.fisher == "batch":
             self._add_batch_estimate(model, forward, entropy_fn, inputs)
             self.n_samples += batch_size
             return
-        if opts.hessian == "exact":
-            g, curv = _exact_terms(model, self.params, forward, entropy_fn, inputs)
-        elif opts.fisher == "per_sample":
+        if opts.fisher == "per_sample":
             g, curv = _per_sample_sums(model, self.params, forward, entropy_fn, inputs, opts)
         else:
             g, curv = _batch_terms(model, self.params, forward, entropy_fn, inputs)
@@ -310,7 +271,6 @@ class _ImportanceSums:
             self.clamped_sum[name].add_(_clamped_estimate(x, self.options.sign), alpha=batch_size)
 
     def omega(self, all_reduce: Callable[[Tensor], Any] | None, device: torch.device) -> dict[str, Tensor]:
-        per_experience = self.per_experience
         sums = (*self.grad_sum.values(), *self.curv_sum.values(), *self.clamped_sum.values())
         n_samples = self.n_samples
         if all_reduce is not None:
@@ -323,7 +283,7 @@ class _ImportanceSums:
         omega = {}
         with torch.no_grad():
             for name, p in self.params.items():
-                if per_experience:
+                if self.per_experience:
                     value = self.estimate(
                         name, self.grad_sum[name] / n_samples, self.curv_sum[name] / n_samples
                     )
@@ -347,9 +307,9 @@ def _clamped_estimate(x: Tensor, sign: float) -> Tensor:
     return x.mul(0.5).add_(sign).mul_(x).clamp_min_(0.0)
 
 
-def check_form(taylor_of: str, clamp: str, fisher: str, hessian: str = "fisher") -> None:
-    """Refuse an unknown ``taylor_of``, ``clamp``, ``fisher`` or ``hessian``, or a per-sample clamp
-    without its per-sample curvature, with ``ValueError`` naming the allowed values."""
+def check_form(taylor_of: str, clamp: str, fisher: str) -> None:
+    """Refuse an unknown ``taylor_of``, ``clamp`` or ``fisher``, or a per-sample clamp without its
+    per-sample curvature, with ``ValueError`` naming the allowed values."""
     check_choice("taylor_of", taylor_of, TAYLOR_OF)
     if isinstance(clamp, bool):
         raise ValueError(
@@ -358,11 +318,10 @@ def check_form(taylor_of: str, clamp: str, fisher: str, hessian: str = "fisher")
         )
     check_choice("clamp", clamp, CLAMPS)
     check_choice("fisher", fisher, FISHER_ESTIMATES)
-    check_choice("hessian", hessian, HESSIANS)
-    if clamp == "sample" and (fisher != "per_sample" or hessian != "fisher"):
+    if clamp == "sample" and fisher != "per_sample":
         raise ValueError(
             'clamp="sample" clamps each input\'s own estimate, whose curvature is its own g_n**2: '
-            'it needs fisher="per_sample" and hessian="fisher"'
+            'it needs fisher="per_sample"'
         )
 
 

@@ -66,33 +66,26 @@ def _checked(values: np.ndarray, names: list[str], what: str) -> np.ndarray:
 
 
 def _last_row(matrix: np.ndarray) -> np.ndarray:
-    """``(T,)`` accuracies on every task after the last one, ``P[T-1][:]``, checked."""
+    """``P[T-1][:]``, checked: the accuracy on every task after the last one."""
     t = matrix.shape[0]
     return _checked(matrix[t - 1], [f"P[{t - 1}][{i}]" for i in range(t)], "the last row of P")
 
 
 def _diagonal(matrix: np.ndarray) -> np.ndarray:
-    """``(T,)`` accuracies on each task right after learning it, ``P[i][i]``, checked."""
-    t = matrix.shape[0]
-    return _checked(np.diag(matrix).copy(), [f"P[{i}][{i}]" for i in range(t)], "the diagonal of P")
+    """``P[i][i]``, checked: the accuracy on each task right after learning it."""
+    return _checked(np.diag(matrix).copy(), [f"P[{i}][{i}]" for i in range(len(matrix))], "the diagonal of P")
 
 
 def average_accuracy(accuracy_matrix: ArrayLike) -> float:
-    """Average accuracy ACC (eq. 6): ``1/T * sum_i P[T-1][i]``, a fraction; any ``T >= 1``.
+    """Average accuracy ACC (eq. 6) of ``P`` (module docstring), a fraction; reads the last row.
 
-    ``accuracy_matrix``: ``(T, T)``, ``P[j][i]`` = test accuracy on task ``i`` after training task
-    ``j``, fractions in ``[0, 1]``. Only the last row is read. ``ValueError`` if ``P`` is not square
-    or an entry read is not in ``[0, 1]`` (the same for every metric here).
+    ``ValueError`` if ``P`` is not square or an entry read is not in ``[0, 1]`` (so for every metric).
     """
-    matrix = _as_accuracy_matrix(accuracy_matrix)
-    return float(np.mean(_last_row(matrix)))
+    return float(np.mean(_last_row(_as_accuracy_matrix(accuracy_matrix))))
 
 
 def backward_transfer(accuracy_matrix: ArrayLike) -> float | None:
-    """Backward transfer BWT (eq. 8): ``1/(T-1) * sum_{i<T-1} (P[T-1][i] - P[i][i])``, < 0: forgetting.
-
-    Reads the last row and the diagonal; ``None`` when ``T == 1`` (a mean over no task).
-    """
+    """Backward transfer BWT (eq. 8), < 0: forgetting; ``None`` when ``T == 1`` (a mean over no task)."""
     matrix = _as_accuracy_matrix(accuracy_matrix)
     t = matrix.shape[0]
     if t == 1:
@@ -115,11 +108,9 @@ def _check_joint(joint_accuracies: Sequence[float] | np.ndarray, t: int) -> np.n
 def forward_transfer(
     accuracy_matrix: ArrayLike, joint_accuracies: Sequence[float] | np.ndarray | None
 ) -> float | None:
-    """Forward transfer FWT (eq. 7): ``1/(T-1) * sum_{i<T-1} (P[i][i] - m_i)``.
+    """Forward transfer FWT (eq. 7): < 0 means what the model keeps gets in the way of new tasks.
 
-    ``m_i`` (``joint_accuracies``, ``(T,)`` fractions) is joint training's test accuracy on task
-    ``i``: a negative FWT means that what the model keeps gets in the way of learning the new task.
-    Reads the diagonal; ``None`` when ``joint_accuracies`` is ``None`` or ``T == 1``.
+    ``joint_accuracies``: ``m_i``, ``(T,)`` fractions. ``None`` when they are ``None`` or ``T == 1``.
     """
     matrix = _as_accuracy_matrix(accuracy_matrix)
     if joint_accuracies is None:
@@ -133,20 +124,12 @@ def forward_transfer(
 
 
 def stability(accuracy_matrix: ArrayLike) -> float | None:
-    """Stability SMT (paper eq. 9): mean fluctuation of a task's accuracy after it was learned.
+    """Stability SMT (eq. 9): the mean variance of a task's accuracy after it was learned.
 
-    ``SMT = 1/(T-1) * sum_{j<T-1} D_j`` where ``D_j`` is the variance of task ``j``'s accuracy over
-    the rest of the sequence. The paper says only "the variance of one task for sequential
-    learning"; the choices made here are:
-
-    * ``D_j`` is the *population* variance (divide by the number of values, ``ddof=0``),
-    * over ``P[j:, j]``: from right after task ``j`` was learned (the diagonal ``P[j][j]``
-      included) to after the last task, i.e. ``T - j`` values.
-
-    The last task is left out as in eqs. 7-8 (its ``D`` would be the variance of one value, 0).
-    SMT is in squared accuracy units (fractions squared); lower means more stable.
-
-    Reads the lower triangle with the diagonal, except the last column; ``None`` when ``T == 1``.
+    The paper says only "the variance of one task for sequential learning"; here ``D_j`` is the
+    population variance (``ddof=0``) of ``P[j:, j]``, from right after task ``j`` was learned (the
+    diagonal included) to after the last task. The last task is left out as in eqs. 7-8. In squared
+    fractions; lower is more stable; ``None`` when ``T == 1``.
     """
     matrix = _as_accuracy_matrix(accuracy_matrix)
     t = matrix.shape[0]
@@ -174,13 +157,10 @@ def all_metrics(
 def metrics_after_each_task(
     accuracy_matrix: ArrayLike, joint_accuracies: Sequence[float] | np.ndarray | None = None
 ) -> dict[str, list[float | None]]:
-    """The four metrics after each task, as plotted in the paper's Figs. 3, 9 and 10.
+    """The four metrics after each task (the paper's Figs. 3, 9 and 10): ``{name: [T values]}``.
 
-    Entry ``t - 1`` of each list is the metric of the first ``t`` tasks, i.e. of the leading
-    sub-matrix ``P[:t, :t]`` (and ``m[:t]``), for ``t = 1 .. T``. The ACC list is therefore the
-    average accuracy on the tasks seen so far after each task; BWT, FWT and SMT start with ``None``.
-
-    Returns ``{"acc", "bwt", "fwt", "smt"}`` -> lists of ``T`` floats or ``None``.
+    Entry ``t - 1`` is the metric of the first ``t`` tasks, of ``P[:t, :t]`` and ``m[:t]``: ACC on
+    the tasks seen so far; BWT, FWT and SMT start with ``None``.
     """
     matrix = _as_accuracy_matrix(accuracy_matrix)
     t = matrix.shape[0]
@@ -199,19 +179,13 @@ _EXP_KEY = re.compile(r"^Top1_Acc_Exp/eval_phase/(?P<stream>[^/]+)/Task(?P<task>
 def accuracy_matrix_from_avalanche(
     all_metrics: Mapping[str, Any], n_tasks: int, *, stream: str = "test_stream"
 ) -> np.ndarray:
-    """Build ``P`` from ``EvaluationPlugin.get_all_metrics()`` of a run evaluated after each task.
+    """``P`` (``(T, T)``) from ``EvaluationPlugin.get_all_metrics()`` of a run evaluated after each task.
 
-    Expects ``accuracy_metrics(experience=True)`` in the evaluator and, for each experience ``j``,
-    ``strategy.train(exp_j)`` followed by ``strategy.eval(stream)`` over all ``n_tasks``
-    experiences (with ``eval_every=-1``, so nothing else is evaluated). Avalanche then holds, for
-    experience ``i``, the key ``Top1_Acc_Exp/eval_phase/{stream}/Task{t:03d}/Exp{i:03d}`` whose value
-    is a pair ``(x_steps, values)``, and ``values[j] = P[j][i]``. The task label ``t`` in the key is
-    not used (it is ``i`` with task labels, ``0`` without).
-
-    ``stream`` is the evaluated stream's name (``"test_stream"``, ``"valid_stream"``); other keys are
-    ignored. Returns ``P`` as a ``(T, T)`` float array. ``ValueError`` if ``n_tasks < 1``, an
-    experience's key is missing or appears twice, the stream has more experiences than ``n_tasks``,
-    or an experience does not hold exactly ``n_tasks`` values (evaluation not run once per task).
+    Expects ``accuracy_metrics(experience=True)`` and, per experience ``j``, ``strategy.train(exp_j)``
+    then ``strategy.eval(stream)`` over all ``n_tasks`` experiences (``eval_every=-1``). Then the key
+    ``Top1_Acc_Exp/eval_phase/{stream}/Task{t:03d}/Exp{i:03d}`` holds ``(x_steps, values)`` with
+    ``values[j] = P[j][i]`` (the task label ``t`` is not read). Other streams' keys are ignored.
+    ``ValueError`` if a key is missing or doubled, or the counts do not match ``n_tasks``.
     """
     if isinstance(n_tasks, bool) or not isinstance(n_tasks, int | np.integer) or n_tasks < 1:
         raise ValueError(f"n_tasks must be a positive int (the number of experiences); got {n_tasks!r}")

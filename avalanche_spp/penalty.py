@@ -1,10 +1,6 @@
-"""The SPP penalty ``sum M (W - W*)^2`` and the scale ``M`` of the accumulated importance.
-
-:func:`spp_penalty` is the value (with its gradient ``2 M (W - W*)``), :func:`add_spp_penalty_grad_`
-adds that gradient to ``.grad`` in place (the plugin's default path, no graph), and
-:func:`scaled_importance` turns the accumulated ``Omega`` into the weight ``M`` of the penalty
-(``"raw"``, ``"mean"`` or ``"saturate"``; see :class:`avalanche_spp.SPPPlugin`).
-"""
+"""The SPP penalty ``sum M (W - W*)^2``: its value (:func:`spp_penalty`), its gradient added in place
+(:func:`add_spp_penalty_grad_`, the plugin's default path) and the scale ``M`` of the accumulated
+importance (:func:`scaled_importance`)."""
 
 from __future__ import annotations
 
@@ -21,23 +17,12 @@ from avalanche_spp.importance import SCALES, check_choice
 def spp_penalty(params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Sequence[Tensor]) -> Tensor:
     """The SPP regulariser without its strength (paper eq. 5): ``sum_k Omega_k (W_k - W*_k)**2``.
 
-    This runs at every training step, so it is one autograd node over all tensors built from fused
-    multi-tensor kernels (``torch._foreach_*``), not a Python loop of small ops per parameter: the
-    forward pass reads each tensor a constant number of times and the backward pass is a single
-    ``2 * Omega * (W - W*)`` kept from the forward (``benchmarks/penalty_speed.py`` measures it).
-
-    Args:
-        params: current weights ``W`` (tensors of any shapes).
-        anchors: ``W*``, the weights after the previous task, shaped like ``params``.
-        omegas: accumulated importance ``Omega >= 0``, shaped like ``params``.
-
-    Returns:
-        A scalar tensor; its gradient w.r.t. each ``W`` is ``2 * Omega * (W - W*)``.
-
-    Raises:
-        ValueError: arguments that are not sequences of tensors of equal lengths and shapes. The
-            values are not checked (that would synchronise a GPU at every step): ``Omega`` from
-            :func:`entropy_importance` is finite and ``>= 0`` by construction.
+    ``params`` are the weights ``W``, ``anchors`` the weights ``W*`` after the previous task and
+    ``omegas`` the importance, lists of tensors shaped alike. Returns a scalar whose gradient w.r.t.
+    each ``W`` is ``2 Omega (W - W*)``: one autograd node over fused multi-tensor kernels
+    (``torch._foreach_*``), not a loop of small ops per parameter, as it runs at every step.
+    ``ValueError`` for arguments that are not sequences of tensors of equal lengths and shapes; the
+    values are not checked (that would synchronise a GPU at every step).
     """
     _check_penalty_terms(params, anchors, omegas)
     return _WeightedSquaredDistance.apply(list(anchors), list(omegas), *params)
@@ -47,22 +32,12 @@ def spp_penalty(params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Seq
 def add_spp_penalty_grad_(
     params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Sequence[Tensor], lam: float
 ) -> None:
-    """Add the gradient of ``lam * sum_k Omega_k (W_k - W*_k)**2`` to each ``W.grad``, in place.
+    """``W.grad += 2 lam Omega (W - W*)``: the gradient of ``lam * spp_penalty(...)``, in place.
 
-    The same update as ``(lam * spp_penalty(params, anchors, omegas)).backward()``, which it
-    replaces on the hot path: ``W.grad += 2 * lam * Omega * (W - W*)`` in three fused multi-tensor
-    kernels (``torch._foreach_*``), with no forward value and no autograd graph. It is about five
-    times cheaper than the autograd form on the paper's MLP (``benchmarks/penalty_speed.py``).
-    A parameter whose ``.grad`` is ``None`` (not reached by this step's loss) gets one.
-
-    Args:
-        params: current weights ``W``; their ``.grad`` is updated.
-        anchors: ``W*``, shaped like ``params``.
-        omegas: ``Omega >= 0``, shaped like ``params``.
-        lam: the strength ``lambda >= 0``.
-
-    Raises:
-        ValueError: as :func:`spp_penalty`, or a negative / non-finite ``lam``.
+    The same update as ``(lam * spp_penalty(params, anchors, omegas)).backward()`` in three fused
+    kernels with no autograd graph, about five times cheaper on the paper's MLP
+    (``benchmarks/penalty_speed.py``). A ``W`` whose ``.grad`` is ``None`` gets one. ``ValueError``
+    as :func:`spp_penalty`, or for a negative or non-finite ``lam``.
     """
     _check_penalty_terms(params, anchors, omegas)
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
@@ -121,13 +96,8 @@ class _WeightedSquaredDistance(torch.autograd.Function):
 
 
 def scaled_importance(omega: Tensor, scale: str, mean: float) -> Tensor:
-    """The importance that weighs the penalty: ``Omega`` (raw), ``Omega / m`` or ``Omega / (Omega + m)``.
-
-    Args:
-        omega: accumulated importance (``>= 0``).
-        scale: ``"raw"``, ``"mean"`` or ``"saturate"`` (see :class:`SPPPlugin`).
-        mean: ``m``, the mean accumulated importance over every penalised scalar.
-    """
+    """The weight ``M`` of the penalty for ``scale`` ``"raw"``, ``"mean"`` or ``"saturate"``: ``Omega``,
+    ``Omega / m`` or ``Omega / (Omega + m)``, ``m`` the mean ``Omega`` (:func:`mean_importance`)."""
     check_choice("scale", scale, SCALES)
     if scale == "raw":
         return omega

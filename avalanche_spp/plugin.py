@@ -1,8 +1,6 @@
-"""Avalanche plugin for Soft Parameter Pruning (SPP).
+"""Avalanche plugin for Soft Parameter Pruning (SPP; Peng et al., arXiv 1812.01640).
 
-Peng et al., "Overcome Catastrophic Forgetting by Soft Parameter Pruning", arXiv 1812.01640.
-The math lives in :mod:`avalanche_spp.importance`; this module only wires it into Avalanche's
-training loop. Usage::
+The math lives in :mod:`avalanche_spp.importance`; this module wires it into Avalanche. Usage::
 
     from avalanche.training import Naive
     from avalanche_spp import SPPPlugin
@@ -51,6 +49,9 @@ dill.settings["recurse"] = True
 
 ACCUMULATIONS = ("sum", "max")
 PENALTY_PATHS = ("gradient", "loss")
+#: The constructor's keyword settings, as :meth:`SPPPlugin.state_dict` stores them.
+SETTINGS = ("importance_samples", "importance_batch_size", "scale", "taylor_of", "clamp", "fisher",
+            "accumulate", "seed", "penalty_via")  # fmt: skip
 
 #: Default of ``SPPPlugin(importance_samples=...)``, chosen by measurement (docs/method.md, "Defaults").
 DEFAULT_IMPORTANCE_SAMPLES: int | None = None
@@ -65,10 +66,8 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
     stores the weights ``W*``. While learning later experiences the loss gains
     ``lam * sum M * (W - W*)**2`` (eq. 5), ``M`` the accumulated importance on the chosen ``scale``.
 
-    By default (``penalty_via="gradient"``) the penalty's gradient ``2 lam M (W - W*)`` is added
-    to the ``.grad`` of every parameter this step's loss reached, right after the backward pass: the
-    same update as adding the penalty to the loss, at about a fifth of the cost. A parameter the loss
-    did not reach keeps no gradient, so no optimiser state moves it.
+    The penalty's gradient goes to the ``.grad`` of the parameters this step's loss reached (see
+    ``penalty_via``); one the loss did not reach keeps no gradient, so no optimiser state moves it.
 
     A parameter created after the last snapshot (a new head) is free until its task is learned; a
     layer whose output grew (``IncrementalClassifier``) keeps its old rows penalised. Multi-head
@@ -91,9 +90,7 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         seed: int = 0,
         penalty_via: str = "gradient",
     ) -> None:
-        """Create the plugin. ``SPPPlugin()`` is ``lam=0.5, scale="saturate", taylor_of="neg_entropy",
-        clamp="batch", fisher="batch"`` on the whole experience in mini-batches of 256: the
-        defaults chosen on validation streams (docs/method.md, section 4).
+        """``SPPPlugin()``: the defaults chosen on validation streams (docs/method.md, section 4).
 
         Args:
             lam: strength of the penalty (>= 0, finite). With the default ``scale="saturate"`` it is
@@ -114,12 +111,12 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             importance_batch_size: mini-batch size of the importance pass.
             accumulate: ``"sum"`` (paper eq. 4) or ``"max"`` (the authors' Caltech-101 runs).
             seed: seed of the subset drawn when ``importance_samples`` is set.
-            penalty_via: ``"gradient"`` (default, see the class) or ``"loss"``: add the penalty to
-                ``strategy.loss`` before the backward pass (eq. 5 literally), for anything that must
-                see it there, e.g. a mixed-precision gradient scaler.
+            penalty_via: ``"gradient"`` (default): add ``2 lam M (W - W*)`` to ``.grad`` after the
+                backward pass, the same update at a fifth of the cost; ``"loss"``: add the penalty to
+                ``strategy.loss`` before it (eq. 5 literally), for anything that must see it there,
+                e.g. a mixed-precision gradient scaler.
 
-        Raises:
-            ValueError: an argument outside its allowed values.
+        ``ValueError`` for an argument outside its allowed values.
         """
         super().__init__()
         self.lam = _check_strength(lam)
@@ -293,17 +290,7 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             "omega": {n: t.detach().clone() for n, t in self.omega.items()},
             "anchor": {n: t.detach().clone() for n, t in self.anchor.items()},
             "importance_time_s": list(self.importance_time_s),
-            "settings": {
-                "importance_samples": self.importance_samples,
-                "importance_batch_size": self.importance_batch_size,
-                "scale": self.scale,
-                "taylor_of": self.taylor_of,
-                "clamp": self.clamp,
-                "fisher": self.fisher,
-                "accumulate": self.accumulate,
-                "seed": self.seed,
-                "penalty_via": self.penalty_via,
-            },
+            "settings": {key: getattr(self, key) for key in SETTINGS},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -133,6 +133,13 @@ class Analysis:
     heatmaps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
+def _check_settings(fisher_labels: str, bins: int, near_zero: float) -> None:
+    check_choice("fisher_labels", fisher_labels, FISHER_LABELS)
+    _check_bins(bins)
+    if not 0 < near_zero < 1:
+        raise ValueError(f"near_zero must be a fraction of the maximum in (0, 1), got {near_zero!r}")
+
+
 def analyze_run(
     run_dir: str | os.PathLike[str],
     *,
@@ -171,10 +178,7 @@ def analyze_run(
     seeds = sorted({s for (_, s) in records})
     seed = seeds[0] if seed is None else seed
     present = _check_inputs(records, methods, seed, reference_method, run_dir)
-    check_choice("fisher_labels", fisher_labels, FISHER_LABELS)
-    _check_bins(bins)
-    if not 0 < near_zero < 1:
-        raise ValueError(f"near_zero must be a fraction of the maximum in (0, 1), got {near_zero!r}")
+    _check_settings(fisher_labels, bins, near_zero)
     config = records[(present[0], seed)]["config"]
     benchmark, n_tasks = records[(present[0], seed)]["benchmark"], int(config["n_tasks"])
     train = config.get("train", {})

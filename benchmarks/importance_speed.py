@@ -7,8 +7,9 @@ For every model, on random inputs of the model's image size (throughput does not
 pixel values):
 - ``train``: images per second of a training step (forward, cross-entropy, backward, SGD step with
   momentum) on one head, model in train mode, at the training batch size;
-- one row per importance form (``clamp`` x ``fisher``, the per-sample gradient backend that
-  ``"auto"`` picks): images per second of :func:`avalanche_spp.importance.entropy_importance`
+- one row per importance form (``clamp`` x ``fisher``, with ``--per-sample-backend``, ``auto`` by
+  default: the ``nn.Linear`` shortcut for the per-sample Fisher where it holds): images per second
+  of :func:`avalanche_spp.importance.entropy_importance`
   and ``epochs``, the cost of a pass over an experience in training epochs of the same data
   (``train images/s / importance images/s``);
 - ``penalty_ms``: one call of ``add_spp_penalty_grad_`` over all parameters (the plugin's default
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from avalanche_spp.importance import entropy_importance
+from avalanche_spp.importance import PER_SAMPLE_BACKENDS, entropy_importance
 from avalanche_spp.penalty import add_spp_penalty_grad_
 from benchmarks.trunks import VGG9Features, _hidden_head, _linear_head, resnet18_features
 
@@ -58,6 +59,7 @@ class ImportanceSpeedConfig:
     samples: int = 512  # images per timed importance pass (per form)
     train_steps: int = 10  # timed training steps
     threads: int = 1  # torch CPU threads
+    per_sample_backend: str = "auto"  # entropy_importance's per_sample_backend
 
 
 class _FiveHeads(nn.Module):
@@ -128,7 +130,14 @@ def measure_model(name: str, config: ImportanceSpeedConfig) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats()
 
         def importance_pass(clamp: str = clamp, fisher: str = fisher) -> None:
-            entropy_importance(model, items, forward, clamp=clamp, fisher=fisher)
+            entropy_importance(
+                model,
+                items,
+                forward,
+                clamp=clamp,
+                fisher=fisher,
+                per_sample_backend=config.per_sample_backend,
+            )
 
         rate = _rate(importance_pass, config.samples, device)
         form = {"clamp": clamp, "fisher": fisher, "images_per_s": rate, "epochs": train_rate / rate}
@@ -153,6 +162,8 @@ def render(result: dict[str, Any]) -> str:
     """A markdown table of one result: images/s and cost in training epochs per importance form."""
     machine = result["machine"]
     where = machine.get("gpu", "CPU, " + str(result["config"]["threads"]) + " thread(s)")
+    backend = result["config"].get("per_sample_backend", "auto")
+    where += "" if backend == "auto" else f", per-sample backend {backend}"
     lines = [
         f"Command: `{result['command']}` ({where}, torch {machine['torch']}).",
         "",
@@ -188,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=defaults.samples)
     parser.add_argument("--train-steps", type=int, default=defaults.train_steps)
     parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument(
+        "--per-sample-backend", choices=PER_SAMPLE_BACKENDS, default=defaults.per_sample_backend
+    )
     parser.add_argument("--render", metavar="JSON", help="only write JSON's markdown table beside it")
     args = parser.parse_args(argv)
     if args.render:
@@ -209,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples=args.samples,
         train_steps=args.train_steps,
         threads=args.threads,
+        per_sample_backend=args.per_sample_backend,
     )
     torch.set_num_threads(config.threads)
     torch.manual_seed(0)

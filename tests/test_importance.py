@@ -136,6 +136,26 @@ def test_omega_is_nonnegative_and_zero_for_parameters_that_cannot_act():
     assert omega["body.weight"][:, :2].sum() > 0
 
 
+def _exact_taylor_estimate(model: nn.Module, x: torch.Tensor, taylor_of: str) -> dict[str, torch.Tensor]:
+    """``s g W + 1/2 W**2 h`` with the exact Hessian diagonal ``h`` of the mean entropy (torch.func),
+    ``s`` the library's sign for ``taylor_of``: the unclamped estimate before the Fisher stands in."""
+    from avalanche_spp.importance import _ImportanceOptions
+
+    sign = _ImportanceOptions.checked(model, [x], taylor_of, "none", "per_sample", None, "auto").sign
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    estimate = {}
+    for name, w in params.items():
+
+        def mean_entropy(value, name=name):
+            logits = torch.func.functional_call(model, {**params, name: value}, (x,))
+            return categorical_entropy(logits).mean()
+
+        g = torch.func.grad(mean_entropy)(w)
+        h = torch.func.hessian(mean_entropy)(w).reshape(w.numel(), w.numel()).diagonal().view_as(w)
+        estimate[name] = sign * g * w + 0.5 * w * w * h
+    return estimate
+
+
 def test_taylor_estimate_with_exact_hessian_matches_measured_entropy_change():
     """Zero each small weight for real; the second-order estimate must agree within 5%."""
     model = _tiny_mlp(seed=3)
@@ -143,7 +163,7 @@ def test_taylor_estimate_with_exact_hessian_matches_measured_entropy_change():
         for p in model.parameters():
             p.mul_(0.3)
     x = torch.randn(40, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    estimate = entropy_importance(model, x.split(10), hessian="exact", clamp="none")
+    estimate = _exact_taylor_estimate(model, x, taylor_of="entropy")  # the change of H itself
 
     def mean_entropy() -> float:
         with torch.no_grad():
@@ -264,7 +284,6 @@ def test_model_mode_is_restored():
     "kwargs, message",
     [
         ({"fisher": "diag"}, "fisher must be one of"),
-        ({"hessian": "full"}, "hessian must be one of"),
         ({"taylor_of": "plus"}, "taylor_of must be one of"),
         ({"max_batches": 0}, "max_batches must be a positive int"),
     ],
@@ -280,8 +299,6 @@ def test_bad_inputs_are_refused():
         entropy_importance(frozen, [torch.randn(3, 2)])
     with pytest.raises(ValueError, match="no input sample"):
         entropy_importance(nn.Linear(2, 2), [])
-    with pytest.raises(ValueError, match='hessian="exact" needs'):
-        entropy_importance(nn.Linear(200, 200), [torch.randn(2, 200)], hessian="exact")
     with pytest.raises(ValueError, match="first .batch. dimension"):
         entropy_importance(nn.Bilinear(2, 2, 2), [(torch.randn(3, 2), torch.randn(4, 2))])
     with pytest.raises(ValueError, match="Tensor or a tuple"):
@@ -352,7 +369,22 @@ def test_importance_module_does_not_import_avalanche():
     assert out.stdout.strip() == "False"
 
 
-def test_linear_fast_path_equals_vmap_per_sample_gradients():
+def _spy_on_the_shortcut(monkeypatch) -> list[bool]:
+    """A list that gets, per batch, whether the ``nn.Linear`` shortcut held (else vmap ran)."""
+    import avalanche_spp._gradients as gradients
+
+    taken, real = [], gradients._linear_shortcut
+
+    def spy(*args):
+        recorded = real(*args)
+        taken.append(recorded is not None)
+        return recorded
+
+    monkeypatch.setattr(gradients, "_linear_shortcut", spy)
+    return taken
+
+
+def test_linear_fast_path_equals_vmap_per_sample_gradients(monkeypatch):
     from avalanche.models import MTSimpleMLP
 
     torch.manual_seed(0)
@@ -364,21 +396,19 @@ def test_linear_fast_path_equals_vmap_per_sample_gradients():
     mlp = mlp.double()
     x = torch.randn(20, 6, dtype=torch.float64)
     items = [(x[:9], 0), (x[9:], 1)]
-    fast = entropy_importance(mlp, items, per_sample_backend="linear")
+    taken = _spy_on_the_shortcut(monkeypatch)
+    fast = entropy_importance(mlp, items)
+    assert taken and all(taken)  # "auto" took the nn.Linear shortcut on every item
     slow = entropy_importance(mlp, items, per_sample_backend="vmap")
     assert set(fast) == set(slow)
     for name in fast:
         torch.testing.assert_close(fast[name], slow[name], rtol=1e-9, atol=1e-15)
 
 
-def test_linear_backend_refuses_models_it_cannot_handle():
-    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
-    x = torch.randn(4, 1, 4, 4)
-    with pytest.raises(ValueError, match='per_sample_backend="linear" needs'):
-        entropy_importance(conv, [x], per_sample_backend="linear")
-    # "auto" falls back to a per-sample path on a conv model: it equals one backward per input.
-    conv = conv.double()
-    x = x.double()
+def test_auto_backend_takes_vmap_on_a_conv_model():
+    # "auto" falls back to vmap on a conv model: it equals one backward per input.
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2)).double()
+    x = torch.randn(4, 1, 4, 4).double()
     grads = _per_sample_grads(conv, x)
     auto = entropy_importance(conv, [x])
     for name, p in conv.named_parameters():
@@ -419,7 +449,7 @@ def test_each_clamp_granularity_equals_its_definition(taylor_of, sign):
             "none": estimate(g.mean(0), (g * g).mean(0)),
         }
         for clamp, value in expected.items():
-            for backend in ("linear", "vmap"):
+            for backend in ("auto", "vmap"):
                 omega = entropy_importance(
                     model, x.split(8), clamp=clamp, taylor_of=taylor_of, per_sample_backend=backend
                 )
@@ -515,8 +545,6 @@ def test_auto_backend_falls_back_to_vmap_where_the_linear_shortcut_is_wrong(mode
     for name in vmapped:
         torch.testing.assert_close(auto[name], vmapped[name], msg=name)
     assert sum(float(o.sum()) for o in vmapped.values()) > 0
-    with pytest.raises(ValueError, match='per_sample_backend="linear" needs'):
-        entropy_importance(model, x.split(8), clamp=clamp, per_sample_backend="linear")
 
 
 def test_spp_penalty_value_matches_its_gradient_for_any_sign_of_omega():
@@ -604,19 +632,7 @@ def test_half_precision_models_accumulate_in_float32(options):
         assert error < 0.05, (name, error)
 
 
-def test_exact_hessian_gives_an_unused_head_zero_importance():
-    torch.manual_seed(0)
-    model = _UnusedHead().double()
-    x = torch.randn(10, 3, dtype=torch.float64)
-    exact = entropy_importance(model, x.split(5), hessian="exact")
-    assert set(exact) == {n for n, _ in model.named_parameters()}
-    for name in ("unused.weight", "unused.bias"):
-        assert exact[name].shape == dict(model.named_parameters())[name].shape
-        assert exact[name].abs().sum() == 0
-    assert exact["used.weight"].abs().sum() > 0 and exact["trunk.weight"].abs().sum() > 0
-
-
-@pytest.mark.parametrize("backend", ["linear", "vmap"])
+@pytest.mark.parametrize("backend", ["auto", "vmap"])
 def test_chunked_per_sample_gradients_equal_the_whole_batch(backend, monkeypatch):
     import avalanche_spp._gradients as importance
 
@@ -633,7 +649,7 @@ def test_linear_shortcut_skips_a_frozen_bias():
     torch.manual_seed(0)
     model = _tiny_mlp()
     model[2].bias.requires_grad_(False)
-    for backend in ("linear", "vmap"):
+    for backend in ("auto", "vmap"):
         omega = entropy_importance(model, [torch.randn(6, 4, dtype=torch.float64)], clamp="sample",
                                    per_sample_backend=backend)  # fmt: skip
         assert "2.bias" not in omega and "2.weight" in omega
@@ -704,14 +720,6 @@ def test_all_reduce_sums_every_statistic_and_the_sample_count(clamp):
     assert not torch.allclose(diluted[name], alone[name])  # the count does divide the sums
 
 
-def test_exact_hessian_is_used_with_the_default_clamp_and_fisher():
-    model = _tiny_mlp(seed=6)
-    x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
-    fisher = _entropy_importance(model, x.split(4))  # the defaults: batch clamp, batch Fisher
-    exact = _entropy_importance(model, x.split(4), hessian="exact")
-    assert any(not torch.allclose(exact[n], fisher[n]) for n in fisher)
-
-
 def test_mean_importance_of_nothing_is_zero_and_penalty_terms_must_be_sequences():
     from avalanche_spp.penalty import mean_importance
 
@@ -760,59 +768,16 @@ def test_an_empty_batch_is_skipped_not_the_end_and_max_batches_1_reads_one():
         torch.testing.assert_close(first[name], _entropy_importance(model, [x[:6]])[name])
 
 
-def test_the_exact_hessian_limit_is_inclusive():
-    from avalanche_spp.importance import EXACT_HESSIAN_MAX_PARAMS
-
-    at_limit = nn.Linear(EXACT_HESSIAN_MAX_PARAMS // 4 - 1, 4)  # (n - 1) * 4 weights + 4 biases = n
-    assert sum(p.numel() for p in at_limit.parameters()) == EXACT_HESSIAN_MAX_PARAMS
-    with pytest.raises(ValueError, match="no input sample"):  # allowed: it fails on the data, not the size
-        _entropy_importance(at_limit, [], hessian="exact")
-
-
-def test_exact_hessian_is_float64_exact_and_allows_a_gradient_free_of_its_own_weight():
-    model = _tiny_mlp(seed=6)
-    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
-    omega = _entropy_importance(model, [x], hessian="exact", clamp="none", taylor_of="entropy")
-    params = dict(model.named_parameters())
-
-    def mean_entropy(w):
-        return categorical_entropy(torch.func.functional_call(model, {**params, "2.weight": w}, (x,))).mean()
-
-    w = params["2.weight"].detach()
-    g = torch.func.grad(mean_entropy)(w)
-    h = torch.func.hessian(mean_entropy)(w).reshape(w.numel(), w.numel()).diagonal().view_as(w)
-    torch.testing.assert_close(omega["2.weight"], -g * w + 0.5 * w * w * h, rtol=1e-12, atol=1e-15)
-
-    class Scaled(nn.Module):  # out = s * tanh(W x): dH/ds = tanh(W x) does not depend on s
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = nn.Linear(4, 3).double()
-            self.s = nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
-
-        def forward(self, x):
-            return self.s * torch.tanh(self.inner(x))
-
-    linear_entropy = lambda out: out.sum(dim=1)  # noqa: E731  (linear in s)
-    exact = _entropy_importance(Scaled(), [x], hessian="exact", entropy_fn=linear_entropy, clamp="none")
-    assert torch.isfinite(exact["s"]).all()
-
-
 def test_vmap_means_vmap_and_the_backend_does_not_concern_the_batch_fisher(monkeypatch):
-    import avalanche_spp._gradients as gradients
-
-    calls = []
-    real = gradients._record_linear_layers
-    monkeypatch.setattr(gradients, "_record_linear_layers", lambda *a: calls.append(1) or real(*a))
+    taken = _spy_on_the_shortcut(monkeypatch)
     model = _tiny_mlp()
     x = torch.randn(6, 4, dtype=torch.float64)
-    _entropy_importance(model, [x], fisher="per_sample", clamp="sample", per_sample_backend="vmap")
-    assert calls == []
+    _entropy_importance(model, [x], fisher="per_sample", clamp="experience", per_sample_backend="vmap")
+    assert taken == [False]
+    _entropy_importance(model, [x], fisher="per_sample", clamp="experience")
+    assert taken == [False, True]  # "auto" on an MLP does use the shortcut
     _entropy_importance(model, [x], fisher="per_sample", clamp="sample")
-    assert calls == [1]  # "auto" on an MLP does use the shortcut
-    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3)).double()
-    images = torch.randn(4, 1, 4, 4, dtype=torch.float64)
-    omega = _entropy_importance(conv, [images], fisher="batch", per_sample_backend="linear")
-    assert set(omega) == {n for n, _ in conv.named_parameters()}
+    assert taken == [False, True]  # each g_n itself: vmap, the shortcut is not even tried
 
 
 @pytest.mark.parametrize("clamp", ["experience", "sample"])
@@ -845,7 +810,7 @@ def test_linear_sums_skip_a_frozen_bias_and_follow_an_output_the_entropy_never_r
     x = torch.randn(7, 4, dtype=torch.float64)
     for clamp in ("experience", "sample"):
         options = {"fisher": "per_sample", "clamp": clamp}
-        linear = _entropy_importance(model, [x], per_sample_backend="linear", **options)
+        linear = _entropy_importance(model, [x], **options)  # "auto": the shortcut
         vmap = _entropy_importance(model, [x], per_sample_backend="vmap", **options)
         assert "head.bias" not in linear and set(linear) == set(vmap)
         assert linear["side.weight"].abs().sum() == 0
@@ -872,7 +837,7 @@ def test_the_shortcut_checks_a_bias_used_outside_its_layer_even_when_its_weight_
         torch.testing.assert_close(auto[name], vmap[name], msg=name)
 
 
-def test_a_model_whose_output_reads_no_layer_has_zero_importance_on_the_shortcut():
+def test_a_model_whose_output_reads_no_layer_has_zero_importance_on_the_shortcut(monkeypatch):
     class Ignores(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -882,8 +847,9 @@ def test_a_model_whose_output_reads_no_layer_has_zero_importance_on_the_shortcut
             return x[:, :3] * 2.0  # the layer is never called
 
     x = torch.randn(5, 4, dtype=torch.float64)
-    options = {"fisher": "per_sample", "clamp": "experience", "per_sample_backend": "linear"}
-    omega = _entropy_importance(Ignores().double(), [x], **options)
+    taken = _spy_on_the_shortcut(monkeypatch)
+    omega = _entropy_importance(Ignores().double(), [x], fisher="per_sample", clamp="experience")
+    assert taken == [True]
     assert all(o.abs().sum() == 0 for o in omega.values())
 
 
@@ -913,7 +879,6 @@ def test_half_precision_gradients_come_back_in_float32_from_every_path():
     from avalanche_spp._gradients import (
         _batch_terms,
         _call_model,
-        _exact_terms,
         _per_sample_sums,
         _vmap_grad_chunks,
     )
@@ -924,25 +889,12 @@ def test_half_precision_gradients_come_back_in_float32_from_every_path():
     params = trainable_parameters(model)
     inputs = (torch.randn(4, 3).to(torch.bfloat16),)
     args = (model, params, _call_model, categorical_entropy, inputs)
-    form = ("neg_entropy", "experience", "per_sample", "fisher", None, "vmap")
+    form = ("neg_entropy", "experience", "per_sample", None, "vmap")
     opts = _ImportanceOptions.checked(model, [inputs], *form)
-    sums = [*_per_sample_sums(*args, opts), *_batch_terms(*args), *_exact_terms(*args)]
+    sums = [*_per_sample_sums(*args, opts), *_batch_terms(*args)]
     dtypes = {t.dtype for part in sums for t in part.values()}
     dtypes |= {chunk.dtype for _, chunk in _vmap_grad_chunks(*args, opts.n_scalars)}
     assert dtypes == {torch.float32}
-
-
-def test_the_exact_hessian_is_built_on_the_parameters_device():
-    model = _tiny_mlp(seed=2)
-    x = torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    expected = _entropy_importance(model, [x], hessian="exact")
-    torch.set_default_device("meta")  # a tensor made without an explicit device would land here
-    try:
-        omega = _entropy_importance(model, [x], hessian="exact")
-    finally:
-        torch.set_default_device("cpu")
-    for name in expected:
-        torch.testing.assert_close(omega[name], expected[name])
 
 
 def test_penalty_term_errors_name_the_argument_and_the_wrong_entries():

@@ -21,3 +21,18 @@ def test_importance_speed_writes_every_form_and_its_cost_in_epochs(tmp_path):
         assert form["epochs"] == row["train_images_per_s"] / form["images_per_s"]
     table = out.with_suffix(".md").read_text()
     assert table.count("\n| ") == len(FORMS) + 1 and "python -m benchmarks.importance_speed" in table
+
+
+def test_the_per_sample_backend_reaches_every_timed_pass(tmp_path, monkeypatch):
+    import benchmarks.importance_speed as speed
+
+    seen = []
+    real = speed.entropy_importance
+    monkeypatch.setattr(speed, "entropy_importance", lambda *a, **k: seen.append(k) or real(*a, **k))
+    out = tmp_path / "speed.json"
+    argv = ["--models", "mlp", "--samples", "8", "--train-steps", "1", "--out", str(out)]
+    assert main([*argv, "--per-sample-backend", "vmap"]) == 0
+    assert {k["per_sample_backend"] for k in seen} == {"vmap"}
+    assert {(k["clamp"], k["fisher"]) for k in seen} == set(FORMS)
+    assert json.loads(out.read_text())["config"]["per_sample_backend"] == "vmap"
+    assert "per-sample backend vmap" in out.with_suffix(".md").read_text()

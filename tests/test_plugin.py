@@ -467,7 +467,7 @@ def test_shards_cover_every_sample_once_for_a_size_not_divisible_by_the_world(mo
     from avalanche_spp import distributed as plugin_module
 
     seen = []
-    monkeypatch.setattr(plugin_module, "_distributed", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
     for rank in range(4):
         monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
@@ -641,7 +641,7 @@ def test_all_reduce_and_shards_only_with_more_than_one_process(monkeypatch):
     from avalanche_spp import distributed
 
     calls = []
-    monkeypatch.setattr(distributed, "_distributed", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor, op=None: calls.append((tensor, op)))
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
     for world, expected in ((1, None), (2, "sum"), (3, "sum")):
