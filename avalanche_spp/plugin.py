@@ -212,8 +212,8 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         self.importance_time_s.append(time.perf_counter() - start)
         self.update(model, omega)
 
-    def _importance(self, model: nn.Module, batches: Iterator[Any]) -> dict[str, Tensor]:
-        """This experience's ``Omega`` (paper eq. 3; a subclass may measure another importance)."""
+    def _importance(self, model: nn.Module, batches: Iterator[Any], **options: Any) -> dict[str, Tensor]:
+        """This experience's ``Omega`` (eq. 3); a subclass may add ``entropy_importance`` ``options``."""
         # A multi-head item is (x, int task): the default forward, model(x, task), takes
         # MultiTaskModule's single-task path, that head's own logits with no zero padding.
         return entropy_importance(
@@ -223,6 +223,7 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             clamp=self.clamp,
             fisher=self.fisher,
             all_reduce=_all_reduce_if_distributed(),
+            **options,
         )
 
     # ------------------------------------------------------------------------------- state

@@ -91,6 +91,7 @@ class TrainConfig:
     spp_importance_samples: int | None = None  # SPP importance subset (None: whole experience)
     spp_curvature_cap: float | None = None  # SPP's optional cap on lam * Omega (not in the paper)
     spp_importance: str = "entropy"  # "output_norm": MAS's importance through SPP's penalty (a diagnostic)
+    spp_temperature: float = 1.0  # SPP's importance of the entropy of softmax(z / T) (a harness experiment)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -120,6 +121,8 @@ class TrainConfig:
         check_choice("spp_normalize", self.spp_normalize, NORMALIZATIONS)
         check_choice("spp_accumulate", self.spp_accumulate, ACCUMULATIONS)
         check_choice("spp_importance", self.spp_importance, IMPORTANCES)
+        if not _finite_positive(self.spp_temperature):
+            raise ValueError(f"spp_temperature must be a finite number > 0, got {self.spp_temperature!r}")
         cap = self.spp_curvature_cap
         bad_cap = isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap <= 1
         if cap is not None and bad_cap:
@@ -211,6 +214,8 @@ def build_strategy(
         variants = {"normalize": config.spp_normalize, "curvature_cap": config.spp_curvature_cap}
         if config.spp_importance != "entropy":
             variants["importance"] = config.spp_importance
+        if config.spp_temperature != 1.0:
+            variants["temperature"] = config.spp_temperature
         if any(value is not None for value in variants.values()):  # an experiment of the harness
             plugins.append(SPPVariantPlugin(float(strength), **variants, **options))
         else:

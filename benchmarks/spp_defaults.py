@@ -102,6 +102,11 @@ FORMS: dict[str, dict[str, Any]] = {
     },
     # MAS's importance (output-norm sensitivity) through SPP's scale and penalty: ranking vs scale
     "sat_outnorm": {"spp_scale": "saturate", "spp_importance": "output_norm"},
+    # the entropy of softmax(z / T): sure inputs count too (their entropy gradient vanishes at T = 1)
+    "sat_batch_ent_bf_t4": {
+        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",
+        "spp_temperature": 4.0,
+    },
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",

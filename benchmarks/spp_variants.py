@@ -18,18 +18,28 @@ in docs/results/spp_variants):
   ``MASPlugin`` measures it: the mean over mini-batches of ``|d mean_n ||f(x_n)||^2 / dW|``), put
   through SPP's scale and penalty: it separates what the ranking of the weights does from what the
   scale does (docs/method.md, section 4).
+- ``temperature``: SPP's importance of the entropy of ``softmax(z / T)`` instead of ``softmax(z)``.
+  The entropy's gradient vanishes on inputs the model is sure of, so at ``T = 1`` the importance
+  comes almost only from the uncertain ones; a temperature above 1 softens every output so the sure
+  inputs count too (for large ``T`` the entropy is ``log C - Var_c(z) / (2 T**2)``, a spread of the
+  logits, as MAS's output norm). Not in the paper.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from avalanche_spp.importance import check_choice, trainable_parameters
+from avalanche_spp.importance import (
+    categorical_entropy,
+    check_choice,
+    trainable_parameters,
+)
 from avalanche_spp.plugin import SPPPlugin
 
 NORMALIZATIONS = (None, "max", "softmax")
@@ -47,10 +57,18 @@ class SPPVariantPlugin(SPPPlugin):
         beta: float = 1.0,
         curvature_cap: float | None = None,
         importance: str = "entropy",
+        temperature: float = 1.0,
         **options: Any,
     ) -> None:
-        """``SPPPlugin(lam, **options)``, plus ``normalize``, ``beta``, ``curvature_cap``, ``importance``."""
+        """``SPPPlugin(lam, **options)``, plus ``normalize``, ``beta``, ``curvature_cap``, ``importance``,
+        ``temperature``."""
         super().__init__(lam, **options)
+        bad = isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+        if bad or not 0 < temperature < math.inf:
+            raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+        if temperature != 1.0 and importance != "entropy":
+            raise ValueError(f'temperature applies to importance="entropy" only, not {importance!r}')
+        self.temperature = float(temperature)
         check_choice("normalize", normalize, NORMALIZATIONS)
         check_choice("importance", importance, IMPORTANCES)
         self.importance = importance
@@ -91,10 +109,14 @@ class SPPVariantPlugin(SPPPlugin):
         return params, anchors, omegas
 
     def _importance(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, Tensor]:
-        """SPP's importance, or with ``importance="output_norm"`` MAS's."""
-        if self.importance == "entropy":
+        """SPP's importance (of the tempered entropy if ``temperature != 1``), or MAS's."""
+        if self.importance == "output_norm":
+            return output_norm_importance(model, batches)
+        if self.temperature == 1.0:
             return super()._importance(model, batches)
-        return output_norm_importance(model, batches)
+        return super()._importance(
+            model, batches, entropy_fn=partial(tempered_entropy, temperature=self.temperature)
+        )
 
     def update(self, model: nn.Module, omega: dict[str, Tensor]) -> None:
         """Normalise this experience's importance per tensor, then fold it in as the library does."""
@@ -108,6 +130,7 @@ class SPPVariantPlugin(SPPPlugin):
             beta=self.beta,
             curvature_cap=self.curvature_cap,
             importance=self.importance,
+            temperature=self.temperature,
         )
         return state
 
@@ -131,6 +154,11 @@ def normalize_importance(omega: Tensor, normalize: str | None, beta: float) -> T
     # In units of the tensor's mean importance, so beta sets the sharpness whatever Omega's scale.
     flat = torch.softmax(beta * (omega / mean).reshape(-1), dim=0)
     return flat.view_as(omega)
+
+
+def tempered_entropy(logits: Tensor, temperature: float) -> Tensor:
+    """``(B,)``: the entropy of ``softmax(logits / temperature)`` (:func:`categorical_entropy`)."""
+    return categorical_entropy(logits / temperature)
 
 
 def output_norm_importance(model: nn.Module, batches: Iterable[Any]) -> dict[str, Tensor]:

@@ -77,6 +77,11 @@ def test_every_spp_setting_of_the_train_config_reaches_the_plugin():
         (found,) = [p for p in other.plugins if isinstance(p, SPPPlugin)]
         assert found.state_dict()["settings"][key[4:]] == value
         assert type(found) is SPPPlugin  # no variant asked for: the library's own class
+    tempered = build_strategy("spp", model, TrainConfig(epochs=1, hidden=(16,), spp_temperature=4.0))
+    (found,) = [p for p in tempered.plugins if isinstance(p, SPPPlugin)]
+    assert found.state_dict()["settings"]["temperature"] == 4.0
+    with pytest.raises(ValueError, match="spp_temperature must be a finite number > 0"):
+        TrainConfig(spp_temperature=0.0)
 
 
 def test_every_method_gets_the_same_number_of_grid_points_around_its_default():

@@ -178,6 +178,12 @@ def test_variant_state_round_trips_converts_beta_and_a_library_plugin_refuses_it
         ({"beta": 0}, "beta must be a positive number"),
         ({"beta": True}, "beta must be a positive number"),
         ({"curvature_cap": True}, "curvature_cap must be None or a number"),
+        ({"temperature": 0}, "temperature must be a positive finite number"),
+        ({"temperature": math.inf}, "temperature must be a positive finite number"),
+        (
+            {"temperature": 2.0, "importance": "output_norm"},
+            "temperature applies to importance=.entropy. only",
+        ),
         ({"fisher": "full"}, "fisher must be one of"),  # the library's own checks still run
     ],
 )
@@ -231,3 +237,26 @@ def test_the_output_norm_variant_folds_mas_importance_into_the_penalty():
     assert plugin.state_dict()["settings"]["importance"] == "output_norm"
     with pytest.raises(ValueError, match="importance must be one of"):
         SPPVariantPlugin(importance="fisher")
+
+
+def test_the_temperature_variant_measures_the_entropy_of_softened_outputs_by_hand():
+    from benchmarks.spp_variants import tempered_entropy
+
+    logits = torch.tensor([[4.0, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    q = torch.softmax(logits / 4.0, dim=-1)
+    torch.testing.assert_close(tempered_entropy(logits, 4.0), -(q * q.log()).sum(-1))
+    torch.manual_seed(0)
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    options = {"taylor_of": "entropy", "clamp": "batch", "fisher": "batch"}
+    plugin = SPPVariantPlugin(lam=1.0, temperature=4.0, **options)
+    strategy = _strategy(model, [plugin], epochs=1)
+    strategy.train(bench.train_stream[0])
+    view = SimpleNamespace(model=model, experience=bench.train_stream[0], plugins=[])
+    items = list(plugin._importance_batches(view, model))
+    by_hand = entropy_importance(model, items, entropy_fn=lambda z: tempered_entropy(z, 4.0), **options)
+    plain = entropy_importance(model, items, **options)
+    for name in by_hand:
+        torch.testing.assert_close(plugin.omega[name], by_hand[name])
+    assert any(not torch.allclose(plain[n], by_hand[n]) for n in plain)  # the temperature matters
+    assert plugin.state_dict()["settings"]["temperature"] == 4.0
