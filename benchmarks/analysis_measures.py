@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +133,7 @@ def _per_sample_mean(
     device = next(iter(params.values())).device
     sums = {n: torch.zeros_like(w) for n, w in weights.items()}
     count = 0
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         for item in batches:
             x, y = _inputs_and_labels(item)
             if needs_labels and not isinstance(y, Tensor):
@@ -146,12 +145,21 @@ def _per_sample_mean(
             for name, value in accumulate(wrapper, weights, x, y).items():
                 sums[name] += value
             count += x.shape[0]
-    finally:
-        for module, training in modes.items():
-            module.train(training)
     if count == 0:
         raise ValueError("no input sample to measure importance on: the batches were empty")
     return {n: sums["model." + n] / count for n in params}
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block; every module's own mode back afterwards, even on error."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.train(training)
 
 
 def _inputs_and_labels(item: Any) -> tuple[Tensor, Tensor | None]:

@@ -41,6 +41,7 @@ from avalanche_spp.importance import (
     trainable_parameters,
 )
 from avalanche_spp.plugin import SPPPlugin
+from benchmarks.analysis_measures import eval_mode
 
 NORMALIZATIONS = (None, "max", "softmax")
 IMPORTANCES = ("entropy", "output_norm")
@@ -169,9 +170,7 @@ def output_norm_importance(model: nn.Module, batches: Iterable[Any]) -> dict[str
     params = trainable_parameters(model)
     sums = {name: torch.zeros_like(p) for name, p in params.items()}
     n_batches = 0
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         for item in batches:
             inputs = item if isinstance(item, tuple) else (item,)
             output = model(*inputs)
@@ -182,9 +181,6 @@ def output_norm_importance(model: nn.Module, batches: Iterable[Any]) -> dict[str
                 if g is not None:
                     sums[name] += g.abs()
             n_batches += 1
-    finally:
-        for module, training in modes.items():
-            module.train(training)
     if n_batches == 0:
         raise ValueError("no input batch to measure the output-norm importance on")
     return {name: total / n_batches for name, total in sums.items()}

@@ -397,3 +397,16 @@ def test_command_refuses_a_run_without_tensors(tmp_path, analyzed, capsys):
     assert main([str(run_dir), "--methods", "lwf", "--quiet"]) == 2
     assert main([str(run_dir), "--layer", "features.9", "--quiet"]) == 2
     assert "features.1" in capsys.readouterr().err  # the message names the layers there are
+
+
+def test_eval_mode_gives_every_module_its_own_mode_back_even_on_error():
+    from benchmarks.analysis_measures import eval_mode
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5), nn.BatchNorm1d(2))
+    model.train()
+    model[2].eval()  # a frozen BatchNorm inside a training model
+    with pytest.raises(RuntimeError, match="inside"):
+        with eval_mode(model):
+            assert not any(m.training for m in model.modules())
+            raise RuntimeError("inside")
+    assert [m.training for m in model.modules()] == [True, True, True, False]
