@@ -92,6 +92,7 @@ class TrainConfig:
     spp_curvature_cap: float | None = None  # SPP's optional cap on lam * Omega (not in the paper)
     spp_importance: str = "entropy"  # "output_norm": MAS's importance through SPP's penalty (a diagnostic)
     spp_temperature: float = 1.0  # SPP's importance of the entropy of softmax(z / T) (a harness experiment)
+    spp_sharpness: float = 1.0  # Hill exponent of SPP's saturating mask (a harness experiment)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -123,6 +124,8 @@ class TrainConfig:
         check_choice("spp_importance", self.spp_importance, IMPORTANCES)
         if not _finite_positive(self.spp_temperature):
             raise ValueError(f"spp_temperature must be a finite number > 0, got {self.spp_temperature!r}")
+        if not _finite_positive(self.spp_sharpness):
+            raise ValueError(f"spp_sharpness must be a finite number > 0, got {self.spp_sharpness!r}")
         cap = self.spp_curvature_cap
         bad_cap = isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap <= 1
         if cap is not None and bad_cap:
@@ -216,6 +219,8 @@ def build_strategy(
             variants["importance"] = config.spp_importance
         if config.spp_temperature != 1.0:
             variants["temperature"] = config.spp_temperature
+        if config.spp_sharpness != 1.0:
+            variants["sharpness"] = config.spp_sharpness
         if any(value is not None for value in variants.values()):  # an experiment of the harness
             plugins.append(SPPVariantPlugin(float(strength), **variants, **options))
         else:

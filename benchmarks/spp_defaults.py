@@ -107,6 +107,19 @@ FORMS: dict[str, dict[str, Any]] = {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",
         "spp_temperature": 4.0,
     },
+    # the saturating mask as a Hill function of exponent 2, 3 or 5: the frozen set grows more slowly with lam
+    "sat_batch_neg_bf_h2": {
+        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
+        "spp_sharpness": 2.0,
+    },
+    "sat_batch_neg_bf_h3": {
+        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
+        "spp_sharpness": 3.0,
+    },
+    "sat_batch_neg_bf_h5": {
+        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
+        "spp_sharpness": 5.0,
+    },
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",

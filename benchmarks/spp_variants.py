@@ -23,6 +23,9 @@ in docs/results/spp_variants):
   comes almost only from the uncertain ones; a temperature above 1 softens every output so the sure
   inputs count too (for large ``T`` the entropy is ``log C - Var_c(z) / (2 T**2)``, a spread of the
   logits, as MAS's output norm). Not in the paper.
+- ``sharpness``: the ``"saturate"`` mask ``r / (1 + r)`` (``r = Omega / m``) as a Hill function
+  ``r**n / (1 + r**n)``: with ``n > 1`` the weights below the mean importance are freer and those
+  above it stiffer, so raising ``lam`` stiffens fewer new weights. Not in the paper.
 """
 
 from __future__ import annotations
@@ -59,11 +62,18 @@ class SPPVariantPlugin(SPPPlugin):
         curvature_cap: float | None = None,
         importance: str = "entropy",
         temperature: float = 1.0,
+        sharpness: float = 1.0,
         **options: Any,
     ) -> None:
         """``SPPPlugin(lam, **options)``, plus ``normalize``, ``beta``, ``curvature_cap``, ``importance``,
-        ``temperature``."""
+        ``temperature``, ``sharpness``."""
         super().__init__(lam, **options)
+        bad = isinstance(sharpness, bool) or not isinstance(sharpness, (int, float))
+        if bad or not 0 < sharpness < math.inf:
+            raise ValueError(f"sharpness must be a positive finite number, got {sharpness!r}")
+        if sharpness != 1.0 and self.scale != "saturate":
+            raise ValueError(f'sharpness applies to scale="saturate" only, not {self.scale!r}')
+        self.sharpness = float(sharpness)
         bad = isinstance(temperature, bool) or not isinstance(temperature, (int, float))
         if bad or not 0 < temperature < math.inf:
             raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
@@ -105,6 +115,8 @@ class SPPVariantPlugin(SPPPlugin):
 
     def _training_terms(self, model: nn.Module) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
         params, anchors, omegas = super()._training_terms(model)
+        if self.sharpness != 1.0:
+            omegas = [sharpen(o, self.sharpness) for o in omegas]
         if self._omega_limit is not None:
             omegas = [torch.clamp(o, max=self._omega_limit) for o in omegas]
         return params, anchors, omegas
@@ -132,6 +144,7 @@ class SPPVariantPlugin(SPPPlugin):
             curvature_cap=self.curvature_cap,
             importance=self.importance,
             temperature=self.temperature,
+            sharpness=self.sharpness,
         )
         return state
 
@@ -155,6 +168,15 @@ def normalize_importance(omega: Tensor, normalize: str | None, beta: float) -> T
     # In units of the tensor's mean importance, so beta sets the sharpness whatever Omega's scale.
     flat = torch.softmax(beta * (omega / mean).reshape(-1), dim=0)
     return flat.view_as(omega)
+
+
+def sharpen(mask: Tensor, sharpness: float) -> Tensor:
+    """The saturating mask ``r / (1 + r)`` (``r = Omega / m``) made ``r**n / (1 + r**n)``, ``n = sharpness``.
+
+    Computed from the mask ``M`` itself: ``r = M / (1 - M)``, so ``M**n / (M**n + (1 - M)**n)``.
+    """
+    high = mask.pow(sharpness)
+    return high / (high + (1.0 - mask).pow(sharpness))
 
 
 def tempered_entropy(logits: Tensor, temperature: float) -> Tensor:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import gzip
 import logging
 import math
+import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,9 +211,13 @@ def _import_debian_fashion_mnist(raw: Path) -> None:
         target = raw / name
         if target.is_file():
             continue
-        partial = target.with_name(f"{name}.partial")
+        # A name of this process's own: two runs started together each write their own copy, and
+        # the last rename wins with a complete file (one shared name let one run truncate or move
+        # the other's half-written copy, which then failed with FileNotFoundError).
+        fd, partial_name = tempfile.mkstemp(prefix=f"{name}.", suffix=".partial", dir=raw)
+        partial = Path(partial_name)
         try:
-            with gzip.open(source, "rb") as src, open(partial, "wb") as dst:
+            with gzip.open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
                 shutil.copyfileobj(src, dst)
         except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
             partial.unlink(missing_ok=True)

@@ -658,3 +658,30 @@ def test_every_row_of_the_table_names_a_test_that_exists():
     here = set(re.findall(r"^def (test_\w+)\(", Path(__file__).read_text(encoding="utf-8"), re.MULTILINE))
     unlisted = here - {test for path, test in named if path == "tests/test_robustness.py"}
     assert not unlisted, f"tests without a row in {DOC.name}: {sorted(unlisted)}"
+
+
+def test_two_runs_importing_debian_files_at_once_both_get_complete_files(tmp_path, monkeypatch):
+    # Two processes started together both find the files missing and decompress them. Interleave
+    # them deterministically: while the first run copies its first file, a second run imports all
+    # four. A shared temporary name let the second truncate and move the first's copy, so the first
+    # then failed (FileNotFoundError) or kept a half-written file.
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    contents = {name: bytes(range(256)) * (i + 3) for i, name in enumerate(MNIST_FILES)}
+    for name, data in contents.items():
+        (debian / f"{name}.gz").write_bytes(gzip.compress(data))
+    monkeypatch.setattr(tensor_data, "DEBIAN_FASHION_MNIST_DIR", debian)
+    raw = tmp_path / "raw"
+    real_copy = tensor_data.shutil.copyfileobj
+    calls = []
+
+    def copy_then_let_another_run_in(src, dst):
+        calls.append(dst)
+        real_copy(src, dst, 7)  # small chunks
+        if len(calls) == 1:
+            tensor_data._import_debian_fashion_mnist(raw)  # the other run, start to finish
+
+    monkeypatch.setattr(tensor_data.shutil, "copyfileobj", copy_then_let_another_run_in)
+    tensor_data._import_debian_fashion_mnist(raw)
+    assert len(calls) == 5  # the second run wrote all four, the first wrote its first
+    assert {p.name: p.read_bytes() for p in raw.iterdir()} == contents  # complete, no leftovers

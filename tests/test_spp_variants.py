@@ -260,3 +260,25 @@ def test_the_temperature_variant_measures_the_entropy_of_softened_outputs_by_han
         torch.testing.assert_close(plugin.omega[name], by_hand[name])
     assert any(not torch.allclose(plain[n], by_hand[n]) for n in plain)  # the temperature matters
     assert plugin.state_dict()["settings"]["temperature"] == 4.0
+
+
+def test_the_sharpness_variant_is_a_hill_function_of_omega_over_its_mean_by_hand():
+    from benchmarks.spp_variants import sharpen
+
+    model = nn.Linear(2, 2)
+    plugin = SPPVariantPlugin(lam=1.0, sharpness=3.0)
+    omega = {"weight": torch.tensor([[0.0, 1.0], [2.0, 5.0]]), "bias": torch.tensor([0.0, 4.0])}
+    plugin.update(model, omega)
+    m = 12.0 / 6  # the mean Omega over every penalised scalar
+    _, _, masks = plugin._training_terms(model)
+    by_name = dict(zip(["weight", "bias"], masks, strict=True))  # named_parameters order
+    for name, value in omega.items():
+        r = value / m
+        torch.testing.assert_close(by_name[name], r**3 / (1 + r**3))
+    # a weight at the mean importance keeps half the stiffness at any sharpness
+    assert sharpen(torch.tensor([0.5]), 7.0).item() == pytest.approx(0.5)
+    assert plugin.state_dict()["settings"]["sharpness"] == 3.0
+    with pytest.raises(ValueError, match="sharpness must be a positive finite number"):
+        SPPVariantPlugin(sharpness=0.0)
+    with pytest.raises(ValueError, match='sharpness applies to scale="saturate" only'):
+        SPPVariantPlugin(sharpness=2.0, scale="raw")
