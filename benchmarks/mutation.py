@@ -157,6 +157,14 @@ def _git_commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def _mutmut_version() -> str:
+    """The installed mutmut's version; a report rebuilt where it is not installed says so."""
+    try:
+        return metadata.version("mutmut")
+    except metadata.PackageNotFoundError:
+        return "not installed (pip install -e '.[dev]')"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python -m benchmarks.mutation" + (
@@ -182,16 +190,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = score(results, equivalent)
     previous = args.out / "scores.json"
-    max_children = args.max_children
+    max_children, version = args.max_children, _mutmut_version()
     if args.report_only and previous.is_file():  # keep what describes the run it reports
         kept = json.loads(previous.read_text())
         wall_min, commit = kept.get("wall_time_min"), kept.get("git_commit", commit)
         command, max_children = kept.get("command", command), kept.get("max_children", max_children)
+        version = kept.get("mutmut_version", version)
     summary |= {
         "command": command,
         "wall_time_min": wall_min if wall_min is not None else float("nan"),
         "max_children": max_children,
-        "mutmut_version": metadata.version("mutmut"),
+        "mutmut_version": version,
         "git_commit": commit,
         "date": datetime.date.today().isoformat(),
     }

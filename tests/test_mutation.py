@@ -45,6 +45,19 @@ def test_report_without_results_says_what_to_run(tmp_path):
         mutation.collect(tmp_path)
 
 
+def _not_installed(name):
+    raise mutation.metadata.PackageNotFoundError(name)
+
+
+def test_a_report_rebuilt_without_mutmut_says_it_is_not_installed(tmp_path, monkeypatch):
+    _meta(tmp_path / "mutants", "pkg.a", {"pkg.a.x_f__mutmut_1": 1})
+    monkeypatch.setattr(mutation, "REPO", tmp_path)
+    monkeypatch.setattr(mutation.metadata, "version", _not_installed)
+    assert mutation.main(["--report-only", "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert summary["mutmut_version"].startswith("not installed")
+
+
 def test_report_only_keeps_what_describes_the_run_it_reports(tmp_path, monkeypatch):
     _meta(tmp_path / "mutants", "pkg.a", {"pkg.a.x_f__mutmut_1": 1, "pkg.a.x_f__mutmut_2": 0})
     monkeypatch.setattr(mutation, "REPO", tmp_path)
@@ -52,8 +65,9 @@ def test_report_only_keeps_what_describes_the_run_it_reports(tmp_path, monkeypat
     out.mkdir()
     (out / "equivalent.json").write_text(json.dumps({"pkg.a.x_f__mutmut_2": "same value"}))
     run = {"command": "python -m benchmarks.mutation --max-children 1", "max_children": 1,
-           "wall_time_min": 32.1, "git_commit": "abc1234"}  # fmt: skip
+           "wall_time_min": 32.1, "git_commit": "abc1234", "mutmut_version": "3.8.1"}  # fmt: skip
     (out / "scores.json").write_text(json.dumps(run))
+    monkeypatch.setattr(mutation.metadata, "version", _not_installed)  # CI installs no mutmut
     assert mutation.main(["--report-only", "--out", str(out)]) == 0
     summary = json.loads((out / "scores.json").read_text())
     assert {key: summary[key] for key in run} == run
