@@ -120,6 +120,11 @@ FORMS: dict[str, dict[str, Any]] = {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
         "spp_sharpness": 5.0,
     },
+    # the saturating mask's m per parameter tensor: every layer the same share of stiff weights
+    "sat_batch_neg_bf_tm": {
+        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
+        "spp_mask_mean": "tensor",
+    },
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",

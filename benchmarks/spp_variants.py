@@ -1,8 +1,9 @@
-"""SPP variants the harness compares, kept out of the library: the authors' sharpening, and a cap.
+"""SPP variants the harness compares, kept out of the library: the authors' sharpening, a cap, screens.
 
-:class:`SPPVariantPlugin` is :class:`avalanche_spp.SPPPlugin` with two experiments on top, each off
-by default (``--spp-normalize`` and ``--spp-curvature-cap`` of ``benchmarks.run``; their results are
-in docs/results/spp_variants):
+:class:`SPPVariantPlugin` is :class:`avalanche_spp.SPPPlugin` with the harness's experiments on top,
+each off by default (``--spp-normalize`` and ``--spp-curvature-cap`` of ``benchmarks.run``, results
+in docs/results/spp_variants; the others through the forms of ``benchmarks.spp_defaults``, results
+in docs/results/spp_defaults):
 
 - ``normalize``: each experience's importance rescaled per tensor before it is accumulated:
   ``"max"`` divides by the tensor's maximum, ``"softmax"`` is the authors' sharpening
@@ -26,6 +27,9 @@ in docs/results/spp_variants):
 - ``sharpness``: the ``"saturate"`` mask ``r / (1 + r)`` (``r = Omega / m``) as a Hill function
   ``r**n / (1 + r**n)``: with ``n > 1`` the weights below the mean importance are freer and those
   above it stiffer, so raising ``lam`` stiffens fewer new weights. Not in the paper.
+- ``mask_mean="tensor"``: the ``"saturate"`` mask with ``m`` the mean accumulated ``Omega`` of each
+  parameter tensor instead of all of them, so every layer has the same share of stiff weights
+  whatever the spread of importance between layers. Not in the paper.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from avalanche_spp.plugin import SPPPlugin
 from benchmarks.analysis_measures import eval_mode
 
 NORMALIZATIONS = (None, "max", "softmax")
+MASK_MEANS = ("all", "tensor")
 IMPORTANCES = ("entropy", "output_norm")
 
 
@@ -63,11 +68,16 @@ class SPPVariantPlugin(SPPPlugin):
         importance: str = "entropy",
         temperature: float = 1.0,
         sharpness: float = 1.0,
+        mask_mean: str = "all",
         **options: Any,
     ) -> None:
         """``SPPPlugin(lam, **options)``, plus ``normalize``, ``beta``, ``curvature_cap``, ``importance``,
-        ``temperature``, ``sharpness``."""
+        ``temperature``, ``sharpness``, ``mask_mean``."""
         super().__init__(lam, **options)
+        check_choice("mask_mean", mask_mean, MASK_MEANS)
+        if mask_mean != "all" and self.scale != "saturate":
+            raise ValueError(f'mask_mean applies to scale="saturate" only, not {self.scale!r}')
+        self.mask_mean = mask_mean
         bad = isinstance(sharpness, bool) or not isinstance(sharpness, (int, float))
         if bad or not 0 < sharpness < math.inf:
             raise ValueError(f"sharpness must be a positive finite number, got {sharpness!r}")
@@ -115,6 +125,9 @@ class SPPVariantPlugin(SPPPlugin):
 
     def _training_terms(self, model: nn.Module) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
         params, anchors, omegas = super()._training_terms(model)
+        if self.mask_mean == "tensor":
+            names = {id(p): n for n, p in model.named_parameters()}
+            omegas = [per_tensor_mask(self.omega[names[id(p)]]) for p in params]
         if self.sharpness != 1.0:
             omegas = [sharpen(o, self.sharpness) for o in omegas]
         if self._omega_limit is not None:
@@ -145,6 +158,7 @@ class SPPVariantPlugin(SPPPlugin):
             importance=self.importance,
             temperature=self.temperature,
             sharpness=self.sharpness,
+            mask_mean=self.mask_mean,
         )
         return state
 
@@ -168,6 +182,14 @@ def normalize_importance(omega: Tensor, normalize: str | None, beta: float) -> T
     # In units of the tensor's mean importance, so beta sets the sharpness whatever Omega's scale.
     flat = torch.softmax(beta * (omega / mean).reshape(-1), dim=0)
     return flat.view_as(omega)
+
+
+def per_tensor_mask(omega: Tensor) -> Tensor:
+    """The saturating mask ``Omega / (Omega + m_t)``, ``m_t`` this tensor's mean ``Omega`` (0 if it is 0)."""
+    mean = omega.mean()
+    if mean <= 0:
+        return torch.zeros_like(omega)
+    return omega / (omega + mean)
 
 
 def sharpen(mask: Tensor, sharpness: float) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -282,3 +283,45 @@ def test_the_sharpness_variant_is_a_hill_function_of_omega_over_its_mean_by_hand
         SPPVariantPlugin(sharpness=0.0)
     with pytest.raises(ValueError, match='sharpness applies to scale="saturate" only'):
         SPPVariantPlugin(sharpness=2.0, scale="raw")
+
+
+def test_the_per_tensor_mask_divides_each_tensor_by_its_own_mean_by_hand():
+    model = nn.Linear(2, 2)
+    plugin = SPPVariantPlugin(lam=1.0, mask_mean="tensor")
+    omega = {"weight": torch.tensor([[0.0, 1.0], [2.0, 5.0]]), "bias": torch.tensor([0.0, 0.0])}
+    plugin.update(model, omega)
+    _, _, masks = plugin._training_terms(model)
+    by_name = dict(zip(["weight", "bias"], masks, strict=True))  # named_parameters order
+    m_weight = 8.0 / 4  # the weight tensor's own mean, not the mean over all six scalars (8 / 6)
+    torch.testing.assert_close(by_name["weight"], omega["weight"] / (omega["weight"] + m_weight))
+    assert torch.count_nonzero(by_name["bias"]) == 0  # a tensor without importance stays free
+    # the global mask differs: the same model under the library's mean over every scalar
+    library = SPPPlugin(lam=1.0)
+    library.update(model, omega)
+    _, _, plain = library._training_terms(model)
+    torch.testing.assert_close(plain[0], omega["weight"] / (omega["weight"] + 8.0 / 6))
+    assert plugin.state_dict()["settings"]["mask_mean"] == "tensor"
+    with pytest.raises(ValueError, match="mask_mean"):
+        SPPVariantPlugin(mask_mean="layer")
+    with pytest.raises(ValueError, match='mask_mean applies to scale="saturate" only'):
+        SPPVariantPlugin(mask_mean="tensor", scale="raw")
+
+
+def test_mask_means_by_hand_and_a_missing_file_says_what_to_run(tmp_path, capsys):
+    from benchmarks.mask_means import main, mask_means
+
+    omega = {"a": torch.tensor([1.0, 3.0]), "b": torch.tensor([0.0, 0.0, 0.0, 8.0])}
+    summary = mask_means(omega)
+    assert summary["global_mean"] == pytest.approx(2.0) and summary["n"] == 6  # 12 / 6
+    a, b = summary["tensors"]["a"], summary["tensors"]["b"]
+    for row in (a, b):
+        assert row["mean_over_global_mean"] == pytest.approx(1.0)
+    assert a["mean_mask_global_m"] == pytest.approx((1 / 3 + 3 / 5) / 2)
+    assert b["mean_mask_tensor_m"] == pytest.approx((8 / 10) / 4)  # b's own mean is 2 as well
+    torch.save({"omega": omega}, tmp_path / "task0.pt")
+    assert main([str(tmp_path / "task0.pt"), str(tmp_path / "out.json")]) == 0
+    assert json.loads((tmp_path / "out.json").read_text())["tensors"]["a"]["n"] == 2
+    assert main([str(tmp_path / "missing.pt"), str(tmp_path / "out.json")]) == 2
+    assert "--save-tensors" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no scalars"):
+        mask_means({})
