@@ -37,7 +37,7 @@ from avalanche_spp.importance import (
 )
 from avalanche_spp.plugin import ACCUMULATIONS, SPPPlugin
 from benchmarks.cnn import freeze_features
-from benchmarks.spp_variants import IMPORTANCES, MASK_MEANS, NORMALIZATIONS, SPPVariantPlugin
+from benchmarks.spp_variants import IMPORTANCES, MASK_MEANS, NORMALIZATIONS, STIFFNESSES, SPPVariantPlugin
 
 METHODS = ("sgd", "sgd_f", "finetune", "ewc", "si", "mas", "lwf", "joint", "spp")
 """Every method name :func:`build_strategy` accepts, in the paper's table order."""
@@ -93,6 +93,7 @@ class TrainConfig:
     spp_importance: str = "entropy"  # "output_norm": MAS's importance through SPP's penalty (a diagnostic)
     spp_temperature: float = 1.0  # SPP's importance of the entropy of softmax(z / T) (a harness experiment)
     spp_sharpness: float = 1.0  # Hill exponent of SPP's saturating mask (a harness experiment)
+    spp_stiffness: str = "unit"  # "curvature": lam in the loss's mean curvature (a harness experiment)
     spp_mask_mean: str = "all"  # "tensor": the saturating mask's m per tensor (a harness experiment)
 
     def __post_init__(self) -> None:
@@ -124,6 +125,7 @@ class TrainConfig:
         check_choice("spp_accumulate", self.spp_accumulate, ACCUMULATIONS)
         check_choice("spp_importance", self.spp_importance, IMPORTANCES)
         check_choice("spp_mask_mean", self.spp_mask_mean, MASK_MEANS)
+        check_choice("spp_stiffness", self.spp_stiffness, STIFFNESSES)
         if not _finite_positive(self.spp_temperature):
             raise ValueError(f"spp_temperature must be a finite number > 0, got {self.spp_temperature!r}")
         if not _finite_positive(self.spp_sharpness):
@@ -225,6 +227,8 @@ def build_strategy(
             variants["sharpness"] = config.spp_sharpness
         if config.spp_mask_mean != "all":
             variants["mask_mean"] = config.spp_mask_mean
+        if config.spp_stiffness != "unit":
+            variants["stiffness"] = config.spp_stiffness
         if any(value is not None for value in variants.values()):  # an experiment of the harness
             plugins.append(SPPVariantPlugin(float(strength), **variants, **options))
         else:

@@ -249,6 +249,8 @@ def _train_and_evaluate_task(
         state.penalty_importance = importance_summary(
             spp_plugins[0].omega, lr=train.lr, momentum=train.momentum
         )
+        if getattr(spp_plugins[0], "curvatures", None):  # SPPVariantPlugin(stiffness="curvature")
+            state.penalty_importance["curvatures"] = list(spp_plugins[0].curvatures)
     state.next_task = j + 1
 
 

@@ -125,6 +125,11 @@ FORMS: dict[str, dict[str, Any]] = {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
         "spp_mask_mean": "tensor",
     },
+    # lam in units of the loss's mean curvature (the expected Fisher, labels from the model's softmax)
+    "sat_batch_neg_bf_curv": {
+        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
+        "spp_stiffness": "curvature",
+    },
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",

@@ -30,6 +30,11 @@ in docs/results/spp_defaults):
 - ``mask_mean="tensor"``: the ``"saturate"`` mask with ``m`` the mean accumulated ``Omega`` of each
   parameter tensor instead of all of them, so every layer has the same share of stiff weights
   whatever the spread of importance between layers. Not in the paper.
+- ``stiffness="curvature"``: the penalty ``lam * c * M * (W - W*)**2``, ``c`` the mean over the
+  penalised scalars of the model's expected Fisher (labels drawn from its own softmax, one input at
+  a time, ``curvature_samples`` inputs of each experience), averaged over the experiences so far: a
+  label-free estimate of the loss's mean curvature, so ``lam = 1`` makes a fully important weight
+  about as stiff as the loss is along a typical weight, whatever the model. Not in the paper.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from benchmarks.analysis_measures import eval_mode
 
 NORMALIZATIONS = (None, "max", "softmax")
 MASK_MEANS = ("all", "tensor")
+STIFFNESSES = ("unit", "curvature")
 IMPORTANCES = ("entropy", "output_norm")
 
 
@@ -69,15 +75,23 @@ class SPPVariantPlugin(SPPPlugin):
         temperature: float = 1.0,
         sharpness: float = 1.0,
         mask_mean: str = "all",
+        stiffness: str = "unit",
+        curvature_samples: int = 256,
         **options: Any,
     ) -> None:
         """``SPPPlugin(lam, **options)``, plus ``normalize``, ``beta``, ``curvature_cap``, ``importance``,
-        ``temperature``, ``sharpness``, ``mask_mean``."""
+        ``temperature``, ``sharpness``, ``mask_mean``, ``stiffness``, ``curvature_samples``."""
         super().__init__(lam, **options)
         check_choice("mask_mean", mask_mean, MASK_MEANS)
         if mask_mean != "all" and self.scale != "saturate":
             raise ValueError(f'mask_mean applies to scale="saturate" only, not {self.scale!r}')
         self.mask_mean = mask_mean
+        check_choice("stiffness", stiffness, STIFFNESSES)
+        bad = isinstance(curvature_samples, bool) or not isinstance(curvature_samples, int)
+        if bad or curvature_samples < 1:
+            raise ValueError(f"curvature_samples must be a positive int, got {curvature_samples!r}")
+        self.stiffness, self.curvature_samples = stiffness, curvature_samples
+        self.curvatures: list[float] = []
         bad = isinstance(sharpness, bool) or not isinstance(sharpness, (int, float))
         if bad or not 0 < sharpness < math.inf:
             raise ValueError(f"sharpness must be a positive finite number, got {sharpness!r}")
@@ -132,10 +146,22 @@ class SPPVariantPlugin(SPPPlugin):
             omegas = [sharpen(o, self.sharpness) for o in omegas]
         if self._omega_limit is not None:
             omegas = [torch.clamp(o, max=self._omega_limit) for o in omegas]
+        if self.stiffness == "curvature" and self.curvatures:
+            c = sum(self.curvatures) / len(self.curvatures)
+            omegas = [o * c for o in omegas]
         return params, anchors, omegas
 
     def _importance(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, Tensor]:
         """SPP's importance (of the tempered entropy if ``temperature != 1``), or MAS's."""
+        if self.stiffness == "curvature":
+            kept: list[Any] = []
+            batches = _tap(batches, kept, self.curvature_samples)
+            omega = self._variant_importance(model, batches)
+            self.curvatures.append(expected_fisher_mean(model, kept, self.curvature_samples))
+            return omega
+        return self._variant_importance(model, batches)
+
+    def _variant_importance(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, Tensor]:
         if self.importance == "output_norm":
             return output_norm_importance(model, batches)
         if self.temperature == 1.0:
@@ -159,12 +185,53 @@ class SPPVariantPlugin(SPPPlugin):
             temperature=self.temperature,
             sharpness=self.sharpness,
             mask_mean=self.mask_mean,
+            stiffness=self.stiffness,
+            curvature_samples=self.curvature_samples,
         )
+        state["curvatures"] = list(self.curvatures)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.beta = float(self.beta)
+        self.curvatures = [float(c) for c in state.get("curvatures", [])]
+
+
+def _tap(batches: Iterable[Any], kept: list[Any], samples: int) -> Iterable[Any]:
+    """Yield ``batches`` unchanged, keeping the first items until they hold ``samples`` inputs."""
+    held = 0
+    for item in batches:
+        if held < samples:
+            kept.append(item)
+            held += len(item[0] if isinstance(item, tuple) else item)
+        yield item
+
+
+def expected_fisher_mean(model: nn.Module, items: list[Any], samples: int) -> float:
+    """Mean over the trainable scalars of the expected Fisher ``E_x E_{y ~ p(.|x)} (d log p(y|x) / dW)**2``.
+
+    One input at a time (a per-sample Fisher), the first ``samples`` inputs of ``items`` (each an
+    input ``x`` or ``(x, *args)`` for ``model(x, *args)``); the labels are drawn from the model's
+    own softmax with a fixed seed, so no true label is read.
+    """
+    params = list(trainable_parameters(model).values())
+    generator = torch.Generator().manual_seed(0)
+    total, seen = 0.0, 0
+    device = params[0].device
+    with eval_mode(model):
+        for item in items:
+            x, *rest = item if isinstance(item, tuple) else (item,)
+            for row in x.to(device):
+                if seen >= samples:
+                    break
+                log_p = torch.log_softmax(model(row[None], *rest), dim=-1)[0]
+                y = torch.multinomial(log_p.detach().exp().cpu(), 1, generator=generator).item()
+                grads = torch.autograd.grad(log_p[y], params, allow_unused=True)
+                total += sum(float(g.double().pow(2).sum()) for g in grads if g is not None)
+                seen += 1
+    if seen == 0:
+        raise ValueError("the curvature needs at least one input; the experience held none")
+    return total / seen / sum(p.numel() for p in params)
 
 
 def normalize_importance(omega: Tensor, normalize: str | None, beta: float) -> Tensor:

@@ -325,3 +325,39 @@ def test_mask_means_by_hand_and_a_missing_file_says_what_to_run(tmp_path, capsys
     assert "--save-tensors" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no scalars"):
         mask_means({})
+
+
+def test_the_curvature_stiffness_scales_the_mask_by_the_expected_fisher_by_hand():
+    from benchmarks.spp_variants import expected_fisher_mean
+
+    # Zero weights: p = (1/2, 1/2) whatever x, so whichever label is drawn, d log p(y) / d logits is
+    # (+-1/2, -+1/2): each weight W_kj gets (x_j / 2)**2 and each bias 1/4, for every sample.
+    model = nn.Linear(3, 2).double()
+    nn.init.zeros_(model.weight)
+    nn.init.zeros_(model.bias)
+    x = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 3.0], [2.0, 2.0, 2.0]], dtype=torch.float64)
+    per_sample = [0.25 * (2 * float(row.pow(2).sum()) + 2) for row in x]
+    expected = sum(per_sample[:2]) / 2 / 8  # the first two samples, 8 scalars
+    assert expected_fisher_mean(model, [x[:1], x[1:]], samples=2) == pytest.approx(expected)
+    assert expected_fisher_mean(model, [(x,)], samples=3) == pytest.approx(sum(per_sample) / 3 / 8)
+    with pytest.raises(ValueError, match="at least one input"):
+        expected_fisher_mean(model, [], samples=4)
+
+    plugin = SPPVariantPlugin(lam=1.0, stiffness="curvature", curvature_samples=2)
+    omega = plugin._importance(model, iter([x[:1], x[1:]]))
+    assert plugin.curvatures == [pytest.approx(expected)]
+    omega = {"weight": torch.tensor([[0.0, 1.0, 2.0], [3.0, 1.0, 1.0]]), "bias": torch.tensor([0.0, 4.0])}
+    plugin.update(model, omega)
+    plugin.curvatures.append(3 * expected)  # the mean over experiences: 2 * expected
+    _, _, masks = plugin._training_terms(model)
+    m = 12.0 / 8
+    torch.testing.assert_close(
+        masks[0], (omega["weight"] / (omega["weight"] + m) * 2 * expected).to(masks[0])
+    )
+    state = plugin.state_dict()
+    assert state["settings"]["stiffness"] == "curvature" and len(state["curvatures"]) == 2
+    restored = SPPVariantPlugin()
+    restored.load_state_dict(state)
+    assert restored.curvatures == pytest.approx(plugin.curvatures)
+    with pytest.raises(ValueError, match="curvature_samples must be a positive int"):
+        SPPVariantPlugin(stiffness="curvature", curvature_samples=0)
