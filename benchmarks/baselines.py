@@ -94,6 +94,7 @@ class TrainConfig:
     spp_temperature: float = 1.0  # SPP's importance of the entropy of softmax(z / T) (a harness experiment)
     spp_sharpness: float = 1.0  # Hill exponent of SPP's saturating mask (a harness experiment)
     spp_stiffness: str = "unit"  # "curvature": lam in the loss's mean curvature (a harness experiment)
+    spp_measure_curvature: bool = False  # keep that curvature in the run record, unapplied (a diagnostic)
     spp_mask_mean: str = "all"  # "tensor": the saturating mask's m per tensor (a harness experiment)
 
     def __post_init__(self) -> None:
@@ -126,6 +127,9 @@ class TrainConfig:
         check_choice("spp_importance", self.spp_importance, IMPORTANCES)
         check_choice("spp_mask_mean", self.spp_mask_mean, MASK_MEANS)
         check_choice("spp_stiffness", self.spp_stiffness, STIFFNESSES)
+        measure = self.spp_measure_curvature
+        if not isinstance(measure, bool):
+            raise ValueError(f"spp_measure_curvature must be True or False, got {measure!r}")
         if not _finite_positive(self.spp_temperature):
             raise ValueError(f"spp_temperature must be a finite number > 0, got {self.spp_temperature!r}")
         if not _finite_positive(self.spp_sharpness):
@@ -229,6 +233,8 @@ def build_strategy(
             variants["mask_mean"] = config.spp_mask_mean
         if config.spp_stiffness != "unit":
             variants["stiffness"] = config.spp_stiffness
+        if config.spp_measure_curvature:
+            variants["measure_curvature"] = True
         if any(value is not None for value in variants.values()):  # an experiment of the harness
             plugins.append(SPPVariantPlugin(float(strength), **variants, **options))
         else:

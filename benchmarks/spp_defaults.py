@@ -130,6 +130,11 @@ FORMS: dict[str, dict[str, Any]] = {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
         "spp_stiffness": "curvature",
     },
+    # the default form, with that curvature measured and kept but not applied (a diagnostic)
+    "sat_batch_neg_bf_mc": {
+        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
+        "spp_measure_curvature": True,
+    },
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",

@@ -35,6 +35,7 @@ in docs/results/spp_defaults):
   a time, ``curvature_samples`` inputs of each experience), averaged over the experiences so far: a
   label-free estimate of the loss's mean curvature, so ``lam = 1`` makes a fully important weight
   about as stiff as the loss is along a typical weight, whatever the model. Not in the paper.
+  ``measure_curvature=True`` measures and keeps ``c`` without applying it (a diagnostic).
 """
 
 from __future__ import annotations
@@ -77,10 +78,12 @@ class SPPVariantPlugin(SPPPlugin):
         mask_mean: str = "all",
         stiffness: str = "unit",
         curvature_samples: int = 256,
+        measure_curvature: bool = False,
         **options: Any,
     ) -> None:
         """``SPPPlugin(lam, **options)``, plus ``normalize``, ``beta``, ``curvature_cap``, ``importance``,
-        ``temperature``, ``sharpness``, ``mask_mean``, ``stiffness``, ``curvature_samples``."""
+        ``temperature``, ``sharpness``, ``mask_mean``, ``stiffness``, ``curvature_samples``,
+        ``measure_curvature``."""
         super().__init__(lam, **options)
         check_choice("mask_mean", mask_mean, MASK_MEANS)
         if mask_mean != "all" and self.scale != "saturate":
@@ -91,6 +94,9 @@ class SPPVariantPlugin(SPPPlugin):
         if bad or curvature_samples < 1:
             raise ValueError(f"curvature_samples must be a positive int, got {curvature_samples!r}")
         self.stiffness, self.curvature_samples = stiffness, curvature_samples
+        if not isinstance(measure_curvature, bool):
+            raise ValueError(f"measure_curvature must be True or False, got {measure_curvature!r}")
+        self.measure_curvature = measure_curvature
         self.curvatures: list[float] = []
         bad = isinstance(sharpness, bool) or not isinstance(sharpness, (int, float))
         if bad or not 0 < sharpness < math.inf:
@@ -153,7 +159,7 @@ class SPPVariantPlugin(SPPPlugin):
 
     def _importance(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, Tensor]:
         """SPP's importance (of the tempered entropy if ``temperature != 1``), or MAS's."""
-        if self.stiffness == "curvature":
+        if self.stiffness == "curvature" or self.measure_curvature:
             kept: list[Any] = []
             batches = _tap(batches, kept, self.curvature_samples)
             omega = self._variant_importance(model, batches)
@@ -187,6 +193,7 @@ class SPPVariantPlugin(SPPPlugin):
             mask_mean=self.mask_mean,
             stiffness=self.stiffness,
             curvature_samples=self.curvature_samples,
+            measure_curvature=self.measure_curvature,
         )
         state["curvatures"] = list(self.curvatures)
         return state

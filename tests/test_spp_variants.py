@@ -361,3 +361,10 @@ def test_the_curvature_stiffness_scales_the_mask_by_the_expected_fisher_by_hand(
     assert restored.curvatures == pytest.approx(plugin.curvatures)
     with pytest.raises(ValueError, match="curvature_samples must be a positive int"):
         SPPVariantPlugin(stiffness="curvature", curvature_samples=0)
+    # measured and kept, not applied
+    watcher = SPPVariantPlugin(lam=1.0, measure_curvature=True, curvature_samples=2)
+    watcher._importance(model, iter([x[:1], x[1:]]))
+    assert watcher.curvatures == [pytest.approx(expected)]
+    watcher.update(model, omega)
+    plain = watcher._training_terms(model)[2][0]
+    torch.testing.assert_close(plain, (omega["weight"] / (omega["weight"] + m)).to(plain))
