@@ -95,6 +95,11 @@ FORMS: dict[str, dict[str, Any]] = {
     "mean_batch_neg_bf": {
         "spp_scale": "mean", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
     },
+    # the unbounded mean scale, kept stable by the curvature cap (lam * Omega / m <= (1 + mu) / (2 eta))
+    "mean_batch_neg_bf_cap": {
+        "spp_scale": "mean", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
+        "spp_curvature_cap": 0.5,
+    },
     # importances of successive tasks combined by their maximum (the authors' Caltech-101 runs)
     "sat_batch_neg_bf_max": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
