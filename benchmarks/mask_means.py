@@ -17,22 +17,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from avalanche_spp.penalty import mean_importance, scaled_importance
+from benchmarks.spp_variants import per_tensor_mask
+
 
 def mask_means(omega: dict[str, Tensor]) -> dict[str, Any]:
     """The global mean ``m`` and, per tensor, its mean over ``m`` and its mean mask both ways."""
     count = sum(v.numel() for v in omega.values())
     if count == 0:
         raise ValueError("no importance to summarise: omega holds no scalars")
-    m = float(sum(v.double().sum() for v in omega.values())) / count
+    m = mean_importance(omega.values())
     rows = {}
     for name, value in omega.items():
         value = value.double()
-        own = float(value.mean())
         rows[name] = {
             "n": value.numel(),
-            "mean_over_global_mean": own / m if m > 0 else float("nan"),
-            "mean_mask_global_m": float((value / (value + m)).mean()) if m > 0 else 0.0,
-            "mean_mask_tensor_m": float((value / (value + own)).mean()) if own > 0 else 0.0,
+            "mean_over_global_mean": mean_importance([value]) / m if m > 0 else float("nan"),
+            "mean_mask_global_m": float(scaled_importance(value, "saturate", m).mean()),
+            "mean_mask_tensor_m": float(per_tensor_mask(value).mean()),
         }
     return {"global_mean": m, "n": count, "tensors": rows}
 

@@ -64,6 +64,14 @@ STREAMS = {
 128; ``_10k`` / ``_3k``: that many training samples per task; ``_e1k``: 1000 evaluation samples
 per task (the permuted streams' evaluation of every task after every task dominates their time)."""
 
+_DEFAULT_FORM: dict[str, Any] = {
+    "spp_scale": "saturate",
+    "spp_clamp": "batch",
+    "spp_taylor_of": "neg_entropy",
+    "spp_fisher": "batch",
+}
+"""SPPPlugin()'s form (its defaults spelled out): the base of the screened variants below."""
+
 FORMS: dict[str, dict[str, Any]] = {
     # the paper's scale (the previous default) and the authors' code form
     "raw_exp_ent": {"spp_scale": "raw", "spp_clamp": "experience", "spp_taylor_of": "entropy"},
@@ -78,9 +86,7 @@ FORMS: dict[str, dict[str, Any]] = {
     "sat_batch_ent_bf": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",
     },
-    "sat_batch_neg_bf": {
-        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
-    },
+    "sat_batch_neg_bf": {**_DEFAULT_FORM},
     "sat_sample_ent": {
         "spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "entropy",
         "spp_fisher": "per_sample",
@@ -113,33 +119,15 @@ FORMS: dict[str, dict[str, Any]] = {
         "spp_temperature": 4.0,
     },
     # the saturating mask as a Hill function of exponent 2, 3 or 5: the frozen set grows more slowly with lam
-    "sat_batch_neg_bf_h2": {
-        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
-        "spp_sharpness": 2.0,
-    },
-    "sat_batch_neg_bf_h3": {
-        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
-        "spp_sharpness": 3.0,
-    },
-    "sat_batch_neg_bf_h5": {
-        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
-        "spp_sharpness": 5.0,
-    },
+    "sat_batch_neg_bf_h2": {**_DEFAULT_FORM, "spp_sharpness": 2.0},
+    "sat_batch_neg_bf_h3": {**_DEFAULT_FORM, "spp_sharpness": 3.0},
+    "sat_batch_neg_bf_h5": {**_DEFAULT_FORM, "spp_sharpness": 5.0},
     # the saturating mask's m per parameter tensor: every layer the same share of stiff weights
-    "sat_batch_neg_bf_tm": {
-        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
-        "spp_mask_mean": "tensor",
-    },
+    "sat_batch_neg_bf_tm": {**_DEFAULT_FORM, "spp_mask_mean": "tensor"},
     # lam in units of the loss's mean curvature (the expected Fisher, labels from the model's softmax)
-    "sat_batch_neg_bf_curv": {
-        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
-        "spp_stiffness": "curvature",
-    },
+    "sat_batch_neg_bf_curv": {**_DEFAULT_FORM, "spp_stiffness": "curvature"},
     # the default form, with that curvature measured and kept but not applied (a diagnostic)
-    "sat_batch_neg_bf_mc": {
-        "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "neg_entropy", "spp_fisher": "batch",
-        "spp_measure_curvature": True,
-    },
+    "sat_batch_neg_bf_mc": {**_DEFAULT_FORM, "spp_measure_curvature": True},
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",

@@ -53,6 +53,7 @@ from avalanche_spp.importance import (
     check_choice,
     trainable_parameters,
 )
+from avalanche_spp.penalty import mean_importance, scaled_importance
 from avalanche_spp.plugin import SPPPlugin
 from benchmarks.analysis_measures import eval_mode
 
@@ -98,15 +99,11 @@ class SPPVariantPlugin(SPPPlugin):
             raise ValueError(f"measure_curvature must be True or False, got {measure_curvature!r}")
         self.measure_curvature = measure_curvature
         self.curvatures: list[float] = []
-        bad = isinstance(sharpness, bool) or not isinstance(sharpness, (int, float))
-        if bad or not 0 < sharpness < math.inf:
-            raise ValueError(f"sharpness must be a positive finite number, got {sharpness!r}")
+        _check_positive_finite("sharpness", sharpness)
         if sharpness != 1.0 and self.scale != "saturate":
             raise ValueError(f'sharpness applies to scale="saturate" only, not {self.scale!r}')
         self.sharpness = float(sharpness)
-        bad = isinstance(temperature, bool) or not isinstance(temperature, (int, float))
-        if bad or not 0 < temperature < math.inf:
-            raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+        _check_positive_finite("temperature", temperature)
         if temperature != 1.0 and importance != "entropy":
             raise ValueError(f'temperature applies to importance="entropy" only, not {importance!r}')
         self.temperature = float(temperature)
@@ -204,6 +201,11 @@ class SPPVariantPlugin(SPPPlugin):
         self.curvatures = [float(c) for c in state.get("curvatures", [])]
 
 
+def _check_positive_finite(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
 def _tap(batches: Iterable[Any], kept: list[Any], samples: int) -> Iterable[Any]:
     """Yield ``batches`` unchanged, keeping the first items until they hold ``samples`` inputs."""
     held = 0
@@ -260,10 +262,7 @@ def normalize_importance(omega: Tensor, normalize: str | None, beta: float) -> T
 
 def per_tensor_mask(omega: Tensor) -> Tensor:
     """The saturating mask ``Omega / (Omega + m_t)``, ``m_t`` this tensor's mean ``Omega`` (0 if it is 0)."""
-    mean = omega.mean()
-    if mean <= 0:
-        return torch.zeros_like(omega)
-    return omega / (omega + mean)
+    return scaled_importance(omega, "saturate", mean_importance([omega]))
 
 
 def sharpen(mask: Tensor, sharpness: float) -> Tensor:
