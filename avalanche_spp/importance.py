@@ -9,7 +9,6 @@ nothing from Avalanche; the Avalanche glue is :mod:`avalanche_spp.plugin`.
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -30,10 +29,8 @@ from avalanche_spp._gradients import (
     _vmap_grad_chunks,
 )
 
-log = logging.getLogger(__name__)
-
 FISHER_ESTIMATES = ("per_sample", "batch")
-TAYLOR_OF = ("entropy", "neg_entropy")
+TAYLOR_OF = ("entropy", "neg_entropy", "second_order")
 CLAMPS = ("experience", "batch", "sample", "none")
 PER_SAMPLE_BACKENDS = ("auto", "vmap")
 
@@ -111,7 +108,8 @@ def entropy_importance(
             under ``torch.func.vmap``: no data-dependent Python control flow inside.
         taylor_of: ``"entropy"``: the change of ``H`` itself, ``s = -1`` (``-g W``).
             ``"neg_entropy"``: the change of ``sum_c q_c log q_c = -H`` (the paper's printed ``H``,
-            and the authors' code), ``s = +1``. The curvature term is the Fisher in both.
+            and the authors' code), ``s = +1``. ``"second_order"``: the curvature term alone, the
+            same for both (Optimal Brain Damage's saliency), ``s = 0``. The curvature is the Fisher.
         clamp: where ``max(0, .)`` sits. ``"experience"``: once, on the estimate of the whole
             data. ``"batch"``: on each mini-batch's estimate, then averaged (the authors' code;
             ``Omega`` depends on the batch size). ``"sample"``: on each input's own estimate (its
@@ -196,7 +194,7 @@ class _ImportanceOptions:
         if fisher == "per_sample" and per_sample_backend == "auto":
             linear_layers = _linear_layers_covering(model, params)
         return cls(
-            sign=-1.0 if taylor_of == "entropy" else 1.0,
+            sign={"entropy": -1.0, "neg_entropy": 1.0}.get(taylor_of, 0.0),
             clamp=clamp,
             fisher=fisher,
             linear_layers=linear_layers,

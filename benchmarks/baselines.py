@@ -95,7 +95,7 @@ class TrainConfig:
     spp_sharpness: float = 1.0  # Hill exponent of SPP's saturating mask (a harness experiment)
     spp_stiffness: str = "unit"  # "curvature": lam in the loss's mean curvature (a harness experiment)
     spp_measure_curvature: bool = False  # keep that curvature in the run record, unapplied (a diagnostic)
-    spp_mask_mean: str = "all"  # "tensor": the saturating mask's m per tensor (a harness experiment)
+    spp_mask_mean: str = "all"  # "tensor" / "experience": the saturating mask's m (a harness experiment)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):

@@ -128,6 +128,12 @@ FORMS: dict[str, dict[str, Any]] = {
     "sat_batch_neg_bf_curv": {**_DEFAULT_FORM, "spp_stiffness": "curvature"},
     # the default form, with that curvature measured and kept but not applied (a diagnostic)
     "sat_batch_neg_bf_mc": {**_DEFAULT_FORM, "spp_measure_curvature": True},
+    # the Taylor estimate's second-order term alone, 1/2 W**2 F (Optimal Brain Damage's saliency): no
+    # first-order term, so no weight's importance is clamped to zero
+    "sat_batch_so_bf": {**_DEFAULT_FORM, "spp_taylor_of": "second_order"},
+    # and with the saturating mask's m the mean importance of one experience (not of their sum)
+    "sat_batch_so_bf_em": {**_DEFAULT_FORM, "spp_taylor_of": "second_order", "spp_mask_mean": "experience"},
+    "sat_batch_neg_bf_em": {**_DEFAULT_FORM, "spp_mask_mean": "experience"},
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",

@@ -29,7 +29,10 @@ in docs/results/spp_defaults):
   above it stiffer, so raising ``lam`` stiffens fewer new weights. Not in the paper.
 - ``mask_mean="tensor"``: the ``"saturate"`` mask with ``m`` the mean accumulated ``Omega`` of each
   parameter tensor instead of all of them, so every layer has the same share of stiff weights
-  whatever the spread of importance between layers. Not in the paper.
+  whatever the spread of importance between layers. ``mask_mean="experience"``: ``m`` the mean
+  accumulated ``Omega`` divided by the number of experiences folded in (the mean importance of one
+  experience), so a weight that mattered to one old task keeps its mask as later tasks add theirs
+  (with ``"all"`` its ``M`` falls about as ``1 / t``). Not in the paper.
 - ``stiffness="curvature"``: the penalty ``lam * c * M * (W - W*)**2``, ``c`` the mean over the
   penalised scalars of the model's expected Fisher (labels drawn from its own softmax, one input at
   a time, ``curvature_samples`` inputs of each experience), averaged over the experiences so far: a
@@ -58,7 +61,7 @@ from avalanche_spp.plugin import SPPPlugin
 from benchmarks.analysis_measures import eval_mode
 
 NORMALIZATIONS = (None, "max", "softmax")
-MASK_MEANS = ("all", "tensor")
+MASK_MEANS = ("all", "tensor", "experience")
 STIFFNESSES = ("unit", "curvature")
 IMPORTANCES = ("entropy", "output_norm")
 
@@ -90,6 +93,7 @@ class SPPVariantPlugin(SPPPlugin):
         if mask_mean != "all" and self.scale != "saturate":
             raise ValueError(f'mask_mean applies to scale="saturate" only, not {self.scale!r}')
         self.mask_mean = mask_mean
+        self.experiences_seen = 0
         check_choice("stiffness", stiffness, STIFFNESSES)
         bad = isinstance(curvature_samples, bool) or not isinstance(curvature_samples, int)
         if bad or curvature_samples < 1:
@@ -142,9 +146,12 @@ class SPPVariantPlugin(SPPPlugin):
 
     def _training_terms(self, model: nn.Module) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
         params, anchors, omegas = super()._training_terms(model)
+        names = {id(p): n for n, p in model.named_parameters()}
         if self.mask_mean == "tensor":
-            names = {id(p): n for n, p in model.named_parameters()}
             omegas = [per_tensor_mask(self.omega[names[id(p)]]) for p in params]
+        elif self.mask_mean == "experience":
+            mean = self.importance_mean() / max(1, self.experiences_seen)
+            omegas = [scaled_importance(self.omega[names[id(p)]], "saturate", mean) for p in params]
         if self.sharpness != 1.0:
             omegas = [sharpen(o, self.sharpness) for o in omegas]
         if self._omega_limit is not None:
@@ -177,6 +184,7 @@ class SPPVariantPlugin(SPPPlugin):
         """Normalise this experience's importance per tensor, then fold it in as the library does."""
         omega = {n: normalize_importance(v, self.normalize, self.beta) for n, v in omega.items()}
         super().update(model, omega)
+        self.experiences_seen += 1
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -193,12 +201,14 @@ class SPPVariantPlugin(SPPPlugin):
             measure_curvature=self.measure_curvature,
         )
         state["curvatures"] = list(self.curvatures)
+        state["experiences_seen"] = self.experiences_seen
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.beta = float(self.beta)
         self.curvatures = [float(c) for c in state.get("curvatures", [])]
+        self.experiences_seen = int(state.get("experiences_seen", 0))
 
 
 def _check_positive_finite(name: str, value: Any) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avalanche_spp.importance import DivergedError
+from avalanche_spp.importance import TAYLOR_OF, DivergedError
 from benchmarks.baselines import STRENGTH_NAMES, TrainConfig
 from benchmarks.errors import DatasetCorruptError
 from benchmarks.experiment import run_method
@@ -65,6 +65,12 @@ def parse_args(argv: Sequence[str] | None = None) -> SweepConfig:
     parser.add_argument("--momentum", type=float, default=TrainConfig.momentum)
     parser.add_argument("--optimizer", default=TrainConfig.optimizer, choices=("sgd", "adam"))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--taylor-of",
+        default=TrainConfig.spp_taylor_of,
+        choices=TAYLOR_OF,
+        help="SPP's Taylor estimate (see SPPPlugin's taylor_of)",
+    )
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--n-tasks", type=int, default=None)
     parser.add_argument("--train-limit", type=int, default=None)
@@ -104,6 +110,7 @@ def parse_args(argv: Sequence[str] | None = None) -> SweepConfig:
             momentum=args.momentum,
             optimizer=args.optimizer,
             device=args.device,
+            spp_taylor_of=args.taylor_of,
         )
     except ValueError as error:
         parser.error(str(error))

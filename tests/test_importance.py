@@ -429,7 +429,7 @@ def _per_sample_grads(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tens
     return {n: torch.stack(g) for n, g in grads.items()}
 
 
-@pytest.mark.parametrize("taylor_of, sign", [("entropy", -1.0), ("neg_entropy", 1.0)])
+@pytest.mark.parametrize("taylor_of, sign", [("entropy", -1.0), ("neg_entropy", 1.0), ("second_order", 0.0)])
 def test_each_clamp_granularity_equals_its_definition(taylor_of, sign):
     model = _tiny_mlp(seed=3)
     x = torch.randn(24, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
@@ -463,10 +463,16 @@ def test_each_clamp_granularity_equals_its_definition(taylor_of, sign):
         omega = entropy_importance(model, x.split(8), clamp="batch", fisher="batch", taylor_of=taylor_of)
         torch.testing.assert_close(omega[name], expected, msg=f"batch/batch {name}")
     # The three clamps differ on this model: the test would notice one standing in for another.
+    # The second-order term alone is never negative: there is nothing to clamp, and they agree.
     omegas = {c: entropy_importance(model, x.split(8), clamp=c, taylor_of=taylor_of)["0.weight"]
               for c in ("experience", "batch", "sample")}  # fmt: skip
-    assert not torch.allclose(omegas["experience"], omegas["batch"])
-    assert not torch.allclose(omegas["batch"], omegas["sample"])
+    if sign == 0.0:
+        torch.testing.assert_close(omegas["experience"], omegas["batch"])
+        torch.testing.assert_close(omegas["batch"], omegas["sample"])
+        assert (omegas["batch"] > 0).all()
+    else:
+        assert not torch.allclose(omegas["experience"], omegas["batch"])
+        assert not torch.allclose(omegas["batch"], omegas["sample"])
 
 
 def test_finer_clamps_give_more_weights_an_importance():

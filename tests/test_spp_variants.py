@@ -307,6 +307,32 @@ def test_the_per_tensor_mask_divides_each_tensor_by_its_own_mean_by_hand():
         SPPVariantPlugin(mask_mean="tensor", scale="raw")
 
 
+def test_the_per_experience_mask_divides_the_mean_by_the_experiences_folded_in_by_hand():
+    model = nn.Linear(2, 1)
+    plugin = SPPVariantPlugin(lam=1.0, mask_mean="experience")
+    first = {"weight": torch.tensor([[3.0, 0.0]]), "bias": torch.tensor([1.0])}  # mean 4 / 3
+    second = {"weight": torch.tensor([[0.0, 5.0]]), "bias": torch.tensor([0.0])}  # mean 5 / 3
+    plugin.update(model, first)
+    _, _, masks = plugin._training_terms(model)
+    torch.testing.assert_close(masks[0], torch.tensor([[3.0, 0.0]]) / (torch.tensor([[3.0, 0.0]]) + 4 / 3))
+    plugin.update(model, second)
+    _, _, masks = plugin._training_terms(model)
+    total = torch.tensor([[3.0, 5.0]])
+    m = (9.0 / 3) / 2  # the mean of the sum, over two experiences
+    torch.testing.assert_close(masks[0], total / (total + m))
+    # the library's mask uses the mean of the sum: the first task's weight loses stiffness
+    library = SPPPlugin(lam=1.0)
+    library.update(model, first)
+    library.update(model, second)
+    _, _, plain = library._training_terms(model)
+    assert plain[0][0, 0] < masks[0][0, 0]
+    # the count survives a checkpoint
+    restored = SPPVariantPlugin(lam=1.0, mask_mean="experience")
+    restored.load_state_dict(plugin.state_dict())
+    assert restored.experiences_seen == 2
+    torch.testing.assert_close(restored._training_terms(model)[2][0], masks[0])
+
+
 def test_mask_means_by_hand_and_a_missing_file_says_what_to_run(tmp_path, capsys):
     from benchmarks.mask_means import main, mask_means
 

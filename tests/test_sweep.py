@@ -50,3 +50,13 @@ def test_sweep_rows_are_the_means_of_its_runs_and_name_the_plateau(tmp_path, cap
     assert result["plateau"] == plateau(result["rows"]) and result["plateau"]["low"] in (1.0, 3.0)
     assert "plateau (ACC within 0.5 points of the best): lambda" in capsys.readouterr().out
     assert "Plateau (mean ACC within 0.5 points" in (out / "sweep.md").read_text()
+
+
+def test_taylor_of_reaches_the_runs_and_an_unknown_one_is_refused(capsys):
+    from benchmarks.sweep import parse_args
+
+    assert parse_args(["--taylor-of", "second_order"]).train.spp_taylor_of == "second_order"
+    assert parse_args([]).train.spp_taylor_of == "neg_entropy"  # SPPPlugin's default
+    with pytest.raises(SystemExit):
+        parse_args(["--taylor-of", "paper"])
+    assert "invalid choice: 'paper'" in capsys.readouterr().err
