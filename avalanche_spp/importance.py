@@ -36,10 +36,10 @@ PER_SAMPLE_BACKENDS = ("auto", "vmap")
 
 #: Defaults of :func:`entropy_importance` and :class:`avalanche_spp.SPPPlugin`, chosen by measurement
 #: (docs/method.md, "Defaults"; docs/results/spp_defaults).
-DEFAULT_TAYLOR_OF = "neg_entropy"
+DEFAULT_TAYLOR_OF = "second_order"
 DEFAULT_CLAMP = "batch"
 DEFAULT_FISHER = "batch"
-DEFAULT_LAM = 0.5
+DEFAULT_LAM = 3.0
 DEFAULT_SCALE = "saturate"
 
 SCALES = ("raw", "mean", "saturate")

@@ -93,7 +93,7 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         """``SPPPlugin()``: the defaults chosen on validation streams (docs/method.md, section 4).
 
         Args:
-            lam: strength of the penalty (>= 0, finite). With the default ``scale="saturate"`` it is
+            lam: strength of the penalty (>= 0, finite; 3). With the default ``scale="saturate"`` it is
                 the stiffness of a weight far more important than average: such a weight is pulled
                 back to ``W*`` like an L2 term ``lam * (W - W*)**2``, a weight of average importance
                 gets half that, an unimportant one nearly none.
@@ -104,8 +104,8 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                 number of tasks, and SGD stays stable for ``lam < (1 + momentum) / lr``.
                 ``"mean"``: ``Omega / m`` (unbounded). ``"raw"``: the paper's eq. 5 as written.
             taylor_of, clamp, fisher: the importance's form, as in
-                :func:`~avalanche_spp.importance.entropy_importance` (``clamp="batch"`` clamps each
-                mini-batch of ``importance_batch_size``; ``"none"`` is refused here).
+                :func:`~avalanche_spp.importance.entropy_importance` (default ``"second_order"``:
+                ``1/2 W**2 F``; ``clamp="batch"`` clamps each mini-batch; ``"none"`` is refused here).
             importance_samples: training samples of each experience the importance pass uses (a
                 subset drawn with ``seed``); ``None``: the whole experience.
             importance_batch_size: mini-batch size of the importance pass.

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from avalanche_spp.importance import PER_SAMPLE_BACKENDS, entropy_importance
+from avalanche_spp.importance import DEFAULT_TAYLOR_OF, PER_SAMPLE_BACKENDS, TAYLOR_OF, entropy_importance
 from avalanche_spp.penalty import add_spp_penalty_grad_
 from benchmarks.trunks import VGG9Features, _hidden_head, _linear_head, resnet18_features
 
@@ -60,6 +60,7 @@ class ImportanceSpeedConfig:
     train_steps: int = 10  # timed training steps
     threads: int = 1  # torch CPU threads
     per_sample_backend: str = "auto"  # entropy_importance's per_sample_backend
+    taylor_of: str = DEFAULT_TAYLOR_OF  # entropy_importance's taylor_of (the cost is the same for each)
 
 
 class _FiveHeads(nn.Module):
@@ -137,6 +138,7 @@ def measure_model(name: str, config: ImportanceSpeedConfig) -> dict[str, Any]:
                 clamp=clamp,
                 fisher=fisher,
                 per_sample_backend=config.per_sample_backend,
+                taylor_of=config.taylor_of,
             )
 
         rate = _rate(importance_pass, config.samples, device)
@@ -164,6 +166,7 @@ def render(result: dict[str, Any]) -> str:
     where = machine.get("gpu", "CPU, " + str(result["config"]["threads"]) + " thread(s)")
     backend = result["config"].get("per_sample_backend", "auto")
     where += "" if backend == "auto" else f", per-sample backend {backend}"
+    where += f", taylor_of {result['config'].get('taylor_of', 'neg_entropy')}"  # older runs: neg_entropy
     lines = [
         f"Command: `{result['command']}` ({where}, torch {machine['torch']}).",
         "",
@@ -202,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--per-sample-backend", choices=PER_SAMPLE_BACKENDS, default=defaults.per_sample_backend
     )
+    parser.add_argument("--taylor-of", choices=TAYLOR_OF, default=defaults.taylor_of)
     parser.add_argument("--render", metavar="JSON", help="only write JSON's markdown table beside it")
     args = parser.parse_args(argv)
     if args.render:
@@ -224,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_steps=args.train_steps,
         threads=args.threads,
         per_sample_backend=args.per_sample_backend,
+        taylor_of=args.taylor_of,
     )
     torch.set_num_threads(config.threads)
     torch.manual_seed(0)

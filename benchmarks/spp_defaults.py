@@ -64,13 +64,14 @@ STREAMS = {
 128; ``_10k`` / ``_3k``: that many training samples per task; ``_e1k``: 1000 evaluation samples
 per task (the permuted streams' evaluation of every task after every task dominates their time)."""
 
-_DEFAULT_FORM: dict[str, Any] = {
+_NEG_BF_FORM: dict[str, Any] = {
     "spp_scale": "saturate",
     "spp_clamp": "batch",
     "spp_taylor_of": "neg_entropy",
     "spp_fisher": "batch",
 }
-"""SPPPlugin()'s form (its defaults spelled out): the base of the screened variants below."""
+"""The previous SPPPlugin() form, spelled out (``sat_batch_neg_bf``, the default until
+``taylor_of="second_order"`` replaced ``"neg_entropy"``): the base of the screened variants below."""
 
 FORMS: dict[str, dict[str, Any]] = {
     # the paper's scale (the previous default) and the authors' code form
@@ -86,7 +87,7 @@ FORMS: dict[str, dict[str, Any]] = {
     "sat_batch_ent_bf": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",
     },
-    "sat_batch_neg_bf": {**_DEFAULT_FORM},
+    "sat_batch_neg_bf": {**_NEG_BF_FORM},
     "sat_sample_ent": {
         "spp_scale": "saturate", "spp_clamp": "sample", "spp_taylor_of": "entropy",
         "spp_fisher": "per_sample",
@@ -119,21 +120,21 @@ FORMS: dict[str, dict[str, Any]] = {
         "spp_temperature": 4.0,
     },
     # the saturating mask as a Hill function of exponent 2, 3 or 5: the frozen set grows more slowly with lam
-    "sat_batch_neg_bf_h2": {**_DEFAULT_FORM, "spp_sharpness": 2.0},
-    "sat_batch_neg_bf_h3": {**_DEFAULT_FORM, "spp_sharpness": 3.0},
-    "sat_batch_neg_bf_h5": {**_DEFAULT_FORM, "spp_sharpness": 5.0},
+    "sat_batch_neg_bf_h2": {**_NEG_BF_FORM, "spp_sharpness": 2.0},
+    "sat_batch_neg_bf_h3": {**_NEG_BF_FORM, "spp_sharpness": 3.0},
+    "sat_batch_neg_bf_h5": {**_NEG_BF_FORM, "spp_sharpness": 5.0},
     # the saturating mask's m per parameter tensor: every layer the same share of stiff weights
-    "sat_batch_neg_bf_tm": {**_DEFAULT_FORM, "spp_mask_mean": "tensor"},
+    "sat_batch_neg_bf_tm": {**_NEG_BF_FORM, "spp_mask_mean": "tensor"},
     # lam in units of the loss's mean curvature (the expected Fisher, labels from the model's softmax)
-    "sat_batch_neg_bf_curv": {**_DEFAULT_FORM, "spp_stiffness": "curvature"},
+    "sat_batch_neg_bf_curv": {**_NEG_BF_FORM, "spp_stiffness": "curvature"},
     # the default form, with that curvature measured and kept but not applied (a diagnostic)
-    "sat_batch_neg_bf_mc": {**_DEFAULT_FORM, "spp_measure_curvature": True},
+    "sat_batch_neg_bf_mc": {**_NEG_BF_FORM, "spp_measure_curvature": True},
     # the Taylor estimate's second-order term alone, 1/2 W**2 F (Optimal Brain Damage's saliency): no
     # first-order term, so no weight's importance is clamped to zero
-    "sat_batch_so_bf": {**_DEFAULT_FORM, "spp_taylor_of": "second_order"},
+    "sat_batch_so_bf": {**_NEG_BF_FORM, "spp_taylor_of": "second_order"},
     # and with the saturating mask's m the mean importance of one experience (not of their sum)
-    "sat_batch_so_bf_em": {**_DEFAULT_FORM, "spp_taylor_of": "second_order", "spp_mask_mean": "experience"},
-    "sat_batch_neg_bf_em": {**_DEFAULT_FORM, "spp_mask_mean": "experience"},
+    "sat_batch_so_bf_em": {**_NEG_BF_FORM, "spp_taylor_of": "second_order", "spp_mask_mean": "experience"},
+    "sat_batch_neg_bf_em": {**_NEG_BF_FORM, "spp_mask_mean": "experience"},
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",
@@ -274,11 +275,12 @@ def write_check(out: Path, command: str) -> None:
 
 
 #: The option set ``SPPPlugin()`` uses, whose strength :func:`strength_choice` chooses.
-DEFAULT_FORM = "sat_batch_neg_bf"
+DEFAULT_FORM = "sat_batch_so_bf"
 
 
-#: The forms whose strengths :func:`write_summary` also compares side by side (the two signs).
-SIGN_FORMS = (DEFAULT_FORM, "sat_batch_ent_bf")
+#: The forms whose strengths :func:`write_summary` also compares side by side (the three
+#: ``taylor_of``: the second-order term alone, and either sign of the first-order term).
+TAYLOR_FORMS = (DEFAULT_FORM, "sat_batch_neg_bf", "sat_batch_ent_bf")
 
 
 def strength_choice(
@@ -389,10 +391,10 @@ def write_summary(out: Path, command: str) -> None:
         lines.append("")
     if choice["table"]:
         lines += _choice_lines(choice, f"### Choosing the strength of `{choice['form']}`")
-    signs = strength_choice(summary["rows"], forms=SIGN_FORMS)
-    summary["sign_choice"] = signs
+    signs = strength_choice(summary["rows"], forms=TAYLOR_FORMS)
+    summary["taylor_choice"] = signs
     if signs["table"]:
-        lines += _choice_lines(signs, "### The two signs side by side (`taylor_of`)")
+        lines += _choice_lines(signs, "### The three Taylor forms side by side (`taylor_of`)")
     (out / "summary.md").write_text("\n".join(lines))
 
 

@@ -229,16 +229,20 @@ def test_vae_loss_matches_hand_computation():
 
 
 def test_importance_is_the_pixel_entropy_taylor_term_at_the_posterior_mean():
-    """One image: Omega = max(0, +g W + 1/2 W^2 g^2), g = dH/dW, H = pixel entropy of decode(mu)."""
+    """One image: Omega = 1/2 W^2 g^2 (the default, second-order term) or max(0, +g W + 1/2 W^2 g^2)
+    (``taylor_of="neg_entropy"``), g = dH/dW, H = pixel entropy of decode(mu)."""
     torch.manual_seed(1)
     model = tiny_vae()
     x = torch.rand(1, 3, 16, 16)
-    omega = task_importance(model, [x], 0)  # defaults: +g W (the change of -H), one clamp per batch
+    default = task_importance(model, [x], 0)  # the default: 1/2 W^2 g^2, one clamp per batch
+    omega = task_importance(model, [x], 0, taylor_of="neg_entropy")  # +g W: the change of -H
     entropy = bernoulli_entropy(model.reconstruct_logits(x, 0)).sum()
     names, params = zip(*model.named_parameters(), strict=True)
     grads = torch.autograd.grad(entropy, params, allow_unused=True)
     for name, w, g in zip(names, params, grads, strict=True):
         g = torch.zeros_like(w) if g is None else g
+        curvature = (0.5 * w**2 * g**2).detach()  # ~1e-12 here: compared relatively, not by atol
+        assert torch.allclose(default[name], curvature, rtol=1e-4, atol=1e-30), name
         expected = (g * w + 0.5 * w**2 * g**2).clamp_min(0).detach()
         assert torch.allclose(omega[name], expected, rtol=1e-4, atol=1e-9), name
         entropy_change = (

@@ -126,3 +126,12 @@ def test_strength_choice_over_two_forms_picks_a_form_and_strength_pair():
     # best: a 92 (g, 1), b 80 (f, 1); shortfalls f1: 2, 0; f3: 1, 10; g1: 0, 1
     assert worst == {("f", 1.0): 2.0, ("f", 3.0): 10.0, ("g", 1.0): 1.0}
     assert choice["chosen"] == ("g", 1.0)
+
+
+def test_the_form_whose_strength_is_chosen_is_what_sppplugin_does_by_default():
+    from benchmarks.baselines import TrainConfig
+    from benchmarks.spp_defaults import DEFAULT_FORM, FORMS, TAYLOR_FORMS
+
+    config = TrainConfig()
+    assert FORMS[DEFAULT_FORM] and all(getattr(config, k) == v for k, v in FORMS[DEFAULT_FORM].items())
+    assert {FORMS[f]["spp_taylor_of"] for f in TAYLOR_FORMS} == {"second_order", "neg_entropy", "entropy"}

@@ -53,10 +53,11 @@ def test_sweep_rows_are_the_means_of_its_runs_and_name_the_plateau(tmp_path, cap
 
 
 def test_taylor_of_reaches_the_runs_and_an_unknown_one_is_refused(capsys):
+    from avalanche_spp.importance import DEFAULT_TAYLOR_OF
     from benchmarks.sweep import parse_args
 
     assert parse_args(["--taylor-of", "second_order"]).train.spp_taylor_of == "second_order"
-    assert parse_args([]).train.spp_taylor_of == "neg_entropy"  # SPPPlugin's default
+    assert parse_args([]).train.spp_taylor_of == DEFAULT_TAYLOR_OF == "second_order"  # SPPPlugin()
     with pytest.raises(SystemExit):
         parse_args(["--taylor-of", "paper"])
     assert "invalid choice: 'paper'" in capsys.readouterr().err
