@@ -167,6 +167,7 @@ def render(result: dict[str, Any]) -> str:
     backend = result["config"].get("per_sample_backend", "auto")
     where += "" if backend == "auto" else f", per-sample backend {backend}"
     where += f", taylor_of {result['config'].get('taylor_of', 'neg_entropy')}"  # older runs: neg_entropy
+    where += f", importance batch {result['config']['importance_batch_size']}"
     lines = [
         f"Command: `{result['command']}` ({where}, torch {machine['torch']}).",
         "",
@@ -206,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--per-sample-backend", choices=PER_SAMPLE_BACKENDS, default=defaults.per_sample_backend
     )
     parser.add_argument("--taylor-of", choices=TAYLOR_OF, default=defaults.taylor_of)
+    parser.add_argument("--importance-batch-size", type=int, default=defaults.importance_batch_size)
     parser.add_argument("--render", metavar="JSON", help="only write JSON's markdown table beside it")
     args = parser.parse_args(argv)
     if args.render:
@@ -216,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(models) - {"mlp", "vgg9", "resnet18"})
     if unknown:
         parser.error(f"--models: unknown {unknown}; choose from mlp, vgg9, resnet18")
+    if args.importance_batch_size < 1:
+        parser.error(f"--importance-batch-size must be a positive int, got {args.importance_batch_size}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device on this machine")
     config = ImportanceSpeedConfig(
@@ -229,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
         per_sample_backend=args.per_sample_backend,
         taylor_of=args.taylor_of,
+        importance_batch_size=args.importance_batch_size,
     )
     torch.set_num_threads(config.threads)
     torch.manual_seed(0)

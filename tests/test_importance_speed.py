@@ -36,3 +36,22 @@ def test_the_per_sample_backend_reaches_every_timed_pass(tmp_path, monkeypatch):
     assert {(k["clamp"], k["fisher"]) for k in seen} == set(FORMS)
     assert json.loads(out.read_text())["config"]["per_sample_backend"] == "vmap"
     assert "per-sample backend vmap" in out.with_suffix(".md").read_text()
+
+
+def test_taylor_of_and_the_importance_batch_reach_every_timed_pass(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    import benchmarks.importance_speed as speed
+
+    seen = []
+    real = speed.entropy_importance
+    monkeypatch.setattr(speed, "entropy_importance", lambda *a, **k: seen.append((a, k)) or real(*a, **k))
+    out = tmp_path / "speed.json"
+    argv = ["--models", "mlp", "--samples", "8", "--train-steps", "1", "--out", str(out)]
+    assert main([*argv, "--taylor-of", "entropy", "--importance-batch-size", "3"]) == 0
+    assert {k["taylor_of"] for _, k in seen} == {"entropy"}
+    assert {tuple(len(x) for x, _ in a[1]) for a, _ in seen} == {(3, 3, 2)}  # 8 samples in batches of 3
+    assert "taylor_of entropy, importance batch 3" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        main([*argv, "--importance-batch-size", "0"])
+    assert "--importance-batch-size must be a positive int, got 0" in capsys.readouterr().err
