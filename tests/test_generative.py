@@ -289,7 +289,7 @@ def test_spp_penalty_keeps_task1_reconstruction_better_than_plain_sgd(data_root)
         assert reconstruction_error(copy, [anime], 1) < 0.6 * untrained_head  # task 2 is learned
     increase_sgd, increase_spp = after[0.0] - before, after[1e3] - before
     assert increase_sgd > 0.03  # plain SGD forgets the faces (measured: 0.078)
-    assert increase_spp < 0.75 * increase_sgd  # SPP forgets about half as much (measured: 0.036)
+    assert increase_spp < 0.75 * increase_sgd  # SPP forgets less (measured: 0.004; 0.036 with neg_entropy)
 
 
 def test_train_epoch_refuses_bad_arguments():
@@ -607,7 +607,7 @@ def test_command_line_spp_forgets_less_than_sgd_with_one_run_per_lambda(data_roo
     runs, training = metrics["runs"], metrics["training"]
     assert set(runs) == set(config.runs)
     increase = {run: runs[run]["recon_mse_task1_increase"] for run in config.runs[1:]}
-    # measured (seed 0): sgd 0.089, lam 1e-9 0.087, lam 100 0.057
+    # measured (seed 0): sgd 0.089, lam 1e-9 0.086, lam 100 0.033 (0.057 with neg_entropy)
     assert increase["sgd"] > 0.04  # plain SGD forgets the faces
     assert increase["spp_lam100"] < 0.75 * increase["sgd"]
     assert increase["spp_lam1e-09"] == pytest.approx(increase["sgd"], rel=0.1)  # a vanishing lam is SGD
