@@ -89,6 +89,7 @@ class TrainConfig:
     spp_normalize: str | None = None  # SPP's normalisation
     spp_accumulate: str = "sum"  # SPP's accumulation across tasks
     spp_importance_samples: int | None = None  # SPP importance subset (None: whole experience)
+    spp_importance_batch_size: int = 256  # SPP importance mini-batch (SPPPlugin's default)
     spp_curvature_cap: float | None = None  # SPP's optional cap on lam * Omega (not in the paper)
     spp_importance: str = "entropy"  # "output_norm": MAS's importance through SPP's penalty (a diagnostic)
     spp_temperature: float = 1.0  # SPP's importance of the entropy of softmax(z / T) (a harness experiment)
@@ -143,6 +144,10 @@ class TrainConfig:
         samples = self.spp_importance_samples
         if samples is not None and not _positive_int(samples):
             raise ValueError(f"spp_importance_samples must be a positive int or None, got {samples!r}")
+        if not _positive_int(self.spp_importance_batch_size):
+            raise ValueError(
+                f"spp_importance_batch_size must be a positive int, got {self.spp_importance_batch_size!r}"
+            )
 
 
 def uses_multi_head(method: str) -> bool:
@@ -221,6 +226,7 @@ def build_strategy(
             "clamp": config.spp_clamp,
             "accumulate": config.spp_accumulate,
             "importance_samples": config.spp_importance_samples,
+            "importance_batch_size": config.spp_importance_batch_size,
         }
         variants = {"normalize": config.spp_normalize, "curvature_cap": config.spp_curvature_cap}
         if config.spp_importance != "entropy":

@@ -59,6 +59,7 @@ def test_every_spp_setting_of_the_train_config_reaches_the_plugin():
         spp_normalize="max",
         spp_accumulate="max",
         spp_importance_samples=7,
+        spp_importance_batch_size=32,
         spp_curvature_cap=0.5,
     )
     model = make_model(benchmark_info("split_digits"), hidden=(16,))
@@ -70,6 +71,7 @@ def test_every_spp_setting_of_the_train_config_reaches_the_plugin():
     for key, value in (
         ("scale", "raw"), ("taylor_of", "neg_entropy"), ("clamp", "sample"), ("fisher", "per_sample"),
         ("normalize", "max"), ("accumulate", "max"), ("importance_samples", 7), ("curvature_cap", 0.5),
+        ("importance_batch_size", 32),
     ):  # fmt: skip
         assert settings[key] == value, key
     for key, value in (("spp_fisher", "batch"), ("spp_clamp", "batch")):

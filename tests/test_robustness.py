@@ -299,6 +299,7 @@ def test_plugin_load_state_dict_refuses_corrupt_importance(omega, anchor, messag
         ({"spp_fisher": "full"}, r"spp_fisher must be one of \['per_sample', 'batch'\]"),
         ({"spp_accumulate": "mean"}, r"spp_accumulate must be one of \['sum', 'max'\]"),
         ({"spp_importance_samples": 0}, "spp_importance_samples must be a positive int or None"),
+        ({"spp_importance_batch_size": 0}, "spp_importance_batch_size must be a positive int"),
     ],
 )
 def test_train_config_refuses_bad_values(kwargs, message):
