@@ -136,7 +136,7 @@ FORMS: dict[str, dict[str, Any]] = {
     # first-order term, so no weight's importance is clamped to zero
     "sat_batch_so_bf": {**_SO_BF_FORM},
     # and with the saturating mask's m the mean importance of one experience (not of their sum)
-    "sat_batch_so_bf_em": {**_NEG_BF_FORM, "spp_taylor_of": "second_order", "spp_mask_mean": "experience"},
+    "sat_batch_so_bf_em": {**_SO_BF_FORM, "spp_mask_mean": "experience"},
     "sat_batch_neg_bf_em": {**_NEG_BF_FORM, "spp_mask_mean": "experience"},
     # the default form with importance mini-batches of 64 or 128 instead of 256 (the batch Fisher
     # depends on it; 64 costs less per image on a CPU CNN)

@@ -146,12 +146,13 @@ class SPPVariantPlugin(SPPPlugin):
 
     def _training_terms(self, model: nn.Module) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
         params, anchors, omegas = super()._training_terms(model)
-        names = {id(p): n for n, p in model.named_parameters()}
-        if self.mask_mean == "tensor":
-            omegas = [per_tensor_mask(self.omega[names[id(p)]]) for p in params]
-        elif self.mask_mean == "experience":
-            mean = self.importance_mean() / max(1, self.experiences_seen)
-            omegas = [scaled_importance(self.omega[names[id(p)]], "saturate", mean) for p in params]
+        if self.mask_mean != "all":  # the mask again, from Omega, with another mean
+            names = {id(p): n for n, p in model.named_parameters()}
+            if self.mask_mean == "tensor":
+                omegas = [per_tensor_mask(self.omega[names[id(p)]]) for p in params]
+            else:
+                mean = self.importance_mean() / max(1, self.experiences_seen)
+                omegas = [scaled_importance(self.omega[names[id(p)]], "saturate", mean) for p in params]
         if self.sharpness != 1.0:
             omegas = [sharpen(o, self.sharpness) for o in omegas]
         if self._omega_limit is not None:

@@ -18,6 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,8 +40,8 @@ GROUPS = {
 }
 
 
-def _data(data_root: Path, train_limit: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    arrays = _load_fashion_mnist(data_root, download=False)
+def _data(arrays: Any, train_limit: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One seed's training subset, the test set and task 1's permutation, from the loaded arrays."""
     rows = np.random.RandomState(seed).choice(len(arrays.train_y), train_limit, replace=False)
     x = arrays.train_x[torch.from_numpy(rows)].reshape(train_limit, -1).float() * arrays.scale
     x_test = arrays.test_x.reshape(len(arrays.test_y), -1).float() * arrays.scale
@@ -117,8 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--taylor-of: {form!r} is not one of {list(TAYLOR_OF)}")
     torch.set_num_threads(1)
     rows = []
+    root = Path(args.data_root) if args.data_root else default_data_root()
+    arrays = _load_fashion_mnist(root, download=False)  # loaded once, every seed draws from it
     for seed in (int(s) for s in args.seeds.split(",")):
-        data = _data(Path(args.data_root) if args.data_root else default_data_root(), args.train_limit, seed)
+        data = _data(arrays, args.train_limit, seed)
         for form in forms:
             for lam in (float(v) for v in args.lams.split(",")):
                 rows.append(one_run(data, form, lam, seed))
