@@ -66,26 +66,6 @@ def _batch_size(inputs: tuple) -> int:
     return sizes.pop()
 
 
-def _batch_terms(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    forward: ForwardFn,
-    entropy_fn: EntropyFn,
-    inputs: tuple,
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Sum over the batch of ``g_n`` and ``B * (mean_n g_n)**2`` (the authors' batch Fisher)."""
-    batch_size = _batch_size(inputs)
-    entropy = _checked_entropy(entropy_fn, forward(model, *inputs), batch_size)
-    grads = torch.autograd.grad(entropy.mean(), list(params.values()), allow_unused=True)
-    g_sum, curv_sum = {}, {}
-    for (name, p), g in zip(params.items(), grads, strict=True):
-        g = torch.zeros_like(p) if g is None else g.detach()
-        g = g.to(_acc_dtype(p))
-        g_sum[name] = g * batch_size
-        curv_sum[name] = g * g * batch_size
-    return g_sum, curv_sum
-
-
 def _linear_layers_covering(model: nn.Module, params: Mapping[str, Tensor]) -> list[nn.Linear] | None:
     """The ``nn.Linear`` layers holding every trainable parameter, each in one layer only, or ``None``."""
     layers, covered = [], []

@@ -30,9 +30,8 @@ def _world() -> tuple[int, int] | None:
 
 
 def _all_reduce_if_distributed() -> Callable[[Tensor], Any] | None:
-    if _world() is None:
-        return None
-    return lambda tensor: torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    dist = torch.distributed
+    return None if _world() is None else lambda tensor: dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
 
 def _distributed_sampler(dataset: Any) -> ShardSampler | None:

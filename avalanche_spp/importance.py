@@ -20,7 +20,6 @@ from avalanche_spp._gradients import (
     ForwardFn,
     _acc_dtype,
     _batch_size,
-    _batch_terms,
     _call_model,
     _checked_entropy,
     _linear_layers_covering,
@@ -86,6 +85,7 @@ def entropy_importance(
     max_batches: int | None = None,
     all_reduce: Callable[[Tensor], Any] | None = None,
     per_sample_backend: str = "auto",
+    chunk_size: int | None = None,
 ) -> dict[str, Tensor]:
     """SPP importance ``Omega`` (paper eq. 3) of every trainable parameter, without labels.
 
@@ -126,6 +126,9 @@ def entropy_importance(
         per_sample_backend: ``"auto"`` (default): the per-sample Fisher from outer products of each
             ``nn.Linear``'s inputs and output gradients where every parameter sits in one and the
             batch gradient checks out (MLPs), else ``torch.func.vmap``; ``"vmap"``: always vmap.
+        chunk_size: with ``fisher="batch"``, send at most this many samples of an item through the
+            model at once and sum their gradients: the same ``Omega`` (up to rounding) in the memory
+            of a smaller batch. ``None``: whole items.
 
     Returns:
         ``{name: Omega}`` with ``Omega`` shaped like the parameter, for every parameter with
@@ -138,7 +141,7 @@ def entropy_importance(
         DivergedError: a non-finite importance (a diverged model), a subclass of ``ValueError``.
     """
     options = _ImportanceOptions.checked(
-        model, batches, taylor_of, clamp, fisher, max_batches, per_sample_backend
+        model, batches, taylor_of, clamp, fisher, max_batches, per_sample_backend, chunk_size
     )
     params = trainable_parameters(model)
     forward = forward or _call_model
@@ -179,6 +182,7 @@ class _ImportanceOptions:
         fisher: str,
         max_batches: Any,
         per_sample_backend: str,
+        chunk_size: Any = None,
     ) -> _ImportanceOptions:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -187,6 +191,8 @@ class _ImportanceOptions:
         check_choice("per_sample_backend", per_sample_backend, PER_SAMPLE_BACKENDS)
         if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
             raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+        if chunk_size is not None and (type(chunk_size) is not int or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         params = trainable_parameters(model)
         if not params:
             raise ValueError("the model has no trainable parameter (requires_grad=True): nothing to measure")
@@ -199,6 +205,7 @@ class _ImportanceOptions:
             fisher=fisher,
             linear_layers=linear_layers,
             n_scalars=sum(p.numel() for p in params.values()),
+            chunk_size=chunk_size,
         )
 
 
@@ -241,8 +248,12 @@ class _ImportanceSums:
             return
         if opts.fisher == "per_sample":
             g, curv = _per_sample_sums(model, self.params, forward, entropy_fn, inputs, opts)
-        else:
-            g, curv = _batch_terms(model, self.params, forward, entropy_fn, inputs)
+        else:  # sum_n g_n = B g_b and the batch Fisher's B g_b**2
+            grads = zip(
+                self.weights.items(), self._mean_grads(model, forward, entropy_fn, inputs), strict=True
+            )
+            g = {n: batch_size * (torch.zeros_like(w) if x is None else x.to(w.dtype)) for (n, w), x in grads}
+            curv = {n: v * v / batch_size for n, v in g.items()}
         for name in self.params:
             if opts.clamp == "batch":
                 value = self.estimate(name, g[name] / batch_size, curv[name] / batch_size)
@@ -260,13 +271,26 @@ class _ImportanceSums:
         estimate is ``s g_b W + 1/2 W**2 g_b**2 = x (s + x / 2)``, ``x = g_b W``."""
         batch_size = _batch_size(inputs)
         with torch.enable_grad():
-            entropy = _checked_entropy(entropy_fn, forward(model, *inputs), batch_size)
-            grads = torch.autograd.grad(entropy.mean(), list(self.params.values()), allow_unused=True)
+            grads = self._mean_grads(model, forward, entropy_fn, inputs)
         for name, g in zip(self.params, grads, strict=True):
             if g is None:  # not reached by this batch: its estimate is 0, and so its clamp
                 continue
             x = g.to(self.weights[name].dtype).mul_(self.weights[name])
             self.clamped_sum[name].add_(_clamped_estimate(x, self.options.sign), alpha=batch_size)
+
+    def _mean_grads(self, model: nn.Module, forward: ForwardFn, entropy_fn: EntropyFn, inputs: tuple) -> list:
+        """``d mean_n H_n / dW`` of one batch (``None``: not reached), summed over chunks of at most
+        ``chunk_size`` samples: in eval mode each sample's entropy is its own, so the sum is exact."""
+        batch_size, total = _batch_size(inputs), [None] * len(self.params)
+        step = self.options.chunk_size or batch_size
+        for start in range(0, batch_size, step):
+            part = tuple(x[start : start + step] if isinstance(x, Tensor) else x for x in inputs)
+            entropy = _checked_entropy(entropy_fn, forward(model, *part), _batch_size(part)).sum()
+            grads = torch.autograd.grad(entropy / batch_size, list(self.params.values()), allow_unused=True)
+            total = [
+                t if g is None else g if t is None else t.add_(g) for t, g in zip(total, grads, strict=True)
+            ]
+        return total
 
     def omega(self, all_reduce: Callable[[Tensor], Any] | None, device: torch.device) -> dict[str, Tensor]:
         sums = (*self.grad_sum.values(), *self.curv_sum.values(), *self.clamped_sum.values())
@@ -276,19 +300,17 @@ class _ImportanceSums:
             for tensor in (*sums, count):
                 all_reduce(tensor)
             n_samples = int(count.item())
-        if n_samples == 0:
+        if (n := n_samples) == 0:
             raise ValueError("no input sample to measure importance on: the batches were empty")
         omega = {}
         with torch.no_grad():
             for name, p in self.params.items():
                 if self.per_experience:
-                    value = self.estimate(
-                        name, self.grad_sum[name] / n_samples, self.curv_sum[name] / n_samples
-                    )
+                    value = self.estimate(name, self.grad_sum[name] / n, self.curv_sum[name] / n)
                     if self.options.clamp == "experience":
                         value = value.clamp_min(0.0)
                 else:
-                    value = self.clamped_sum[name] / n_samples
+                    value = self.clamped_sum[name] / n
                 if not torch.isfinite(value).all():
                     raise DivergedError(
                         f"importance of {name!r} has NaN or Inf values: the model's outputs or weights "
@@ -330,10 +352,8 @@ def check_choice(name: str, value: Any, allowed: tuple) -> None:
 
 
 def _as_tuple(item: Any) -> tuple:
-    if isinstance(item, Tensor):
-        return (item,)
-    if isinstance(item, (tuple, list)):
-        return tuple(item)
+    if isinstance(item, (Tensor, tuple, list)):
+        return (item,) if isinstance(item, Tensor) else tuple(item)
     raise ValueError(f"each item of batches must be a Tensor or a tuple of inputs, got {type(item).__name__}")
 
 

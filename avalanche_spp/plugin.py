@@ -108,7 +108,8 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                 ``1/2 W**2 F``; ``clamp="batch"`` clamps each mini-batch; ``"none"`` is refused here).
             importance_samples: training samples of each experience the importance pass uses (a
                 subset drawn with ``seed``); ``None``: the whole experience.
-            importance_batch_size: mini-batch size of the importance pass.
+            importance_batch_size: mini-batch of the importance pass (of the batch Fisher and clamp), sent
+                through the model in chunks of at most ``train_mb_size`` (the same ``Omega``).
             accumulate: ``"sum"`` (paper eq. 4) or ``"max"`` (the authors' Caltech-101 runs).
             seed: seed of the subset drawn when ``importance_samples`` is set.
             penalty_via: ``"gradient"`` (default): add ``2 lam M (W - W*)`` to ``.grad`` after the
@@ -208,6 +209,7 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         model = _unwrap(strategy.model)
         _check_not_empty(strategy, strategy.experience.dataset)
         start = time.perf_counter()
+        self._chunk_size = mb if _is_positive_int(mb := getattr(strategy, "train_mb_size", None)) else None
         omega = self._importance(model, self._importance_batches(strategy, model))
         self.importance_time_s.append(time.perf_counter() - start)
         self.update(model, omega)
@@ -223,6 +225,7 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             clamp=self.clamp,
             fisher=self.fisher,
             all_reduce=_all_reduce_if_distributed(),
+            chunk_size=getattr(self, "_chunk_size", None),
             **options,
         )
 

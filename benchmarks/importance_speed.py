@@ -12,6 +12,8 @@ pixel values):
   of :func:`avalanche_spp.importance.entropy_importance`
   and ``epochs``, the cost of a pass over an experience in training epochs of the same data
   (``train images/s / importance images/s``);
+- the importance batch (``--importance-batch-size``, the plugin's 256) goes through the model in
+  chunks of the training batch, as ``SPPPlugin`` sends it (``--whole-batches``: in one piece);
 - ``penalty_ms``: one call of ``add_spp_penalty_grad_`` over all parameters (the plugin's default
   penalty path), and, on a GPU, peak memory per importance form.
 """
@@ -61,6 +63,7 @@ class ImportanceSpeedConfig:
     threads: int = 1  # torch CPU threads
     per_sample_backend: str = "auto"  # entropy_importance's per_sample_backend
     taylor_of: str = DEFAULT_TAYLOR_OF  # entropy_importance's taylor_of (the cost is the same for each)
+    training_chunks: bool = True  # as SPPPlugin: importance batches go through in training-batch chunks
 
 
 class _FiveHeads(nn.Module):
@@ -139,6 +142,7 @@ def measure_model(name: str, config: ImportanceSpeedConfig) -> dict[str, Any]:
                 fisher=fisher,
                 per_sample_backend=config.per_sample_backend,
                 taylor_of=config.taylor_of,
+                chunk_size=config.train_batch_size if config.training_chunks else None,
             )
 
         rate = _rate(importance_pass, config.samples, device)
@@ -168,6 +172,8 @@ def render(result: dict[str, Any]) -> str:
     where += "" if backend == "auto" else f", per-sample backend {backend}"
     where += f", taylor_of {result['config'].get('taylor_of', 'neg_entropy')}"  # older runs: neg_entropy
     where += f", importance batch {result['config']['importance_batch_size']}"
+    if result["config"].get("training_chunks"):  # absent in older runs: whole importance batches
+        where += f" in chunks of the training batch {result['config']['train_batch_size']}"
     lines = [
         f"Command: `{result['command']}` ({where}, torch {machine['torch']}).",
         "",
@@ -208,6 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--taylor-of", choices=TAYLOR_OF, default=defaults.taylor_of)
     parser.add_argument("--importance-batch-size", type=int, default=defaults.importance_batch_size)
+    parser.add_argument(
+        "--whole-batches",
+        action="store_true",
+        help="send each importance batch through the model whole (the plugin chunks it by train_mb_size)",
+    )
     parser.add_argument("--render", metavar="JSON", help="only write JSON's markdown table beside it")
     args = parser.parse_args(argv)
     if args.render:
@@ -234,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         per_sample_backend=args.per_sample_backend,
         taylor_of=args.taylor_of,
         importance_batch_size=args.importance_batch_size,
+        training_chunks=not args.whole_batches,
     )
     torch.set_num_threads(config.threads)
     torch.manual_seed(0)

@@ -882,22 +882,21 @@ def test_half_precision_sums_within_a_large_batch_in_float32(budget, monkeypatch
 
 
 def test_half_precision_gradients_come_back_in_float32_from_every_path():
-    from avalanche_spp._gradients import (
-        _batch_terms,
-        _call_model,
-        _per_sample_sums,
-        _vmap_grad_chunks,
-    )
-    from avalanche_spp.importance import _ImportanceOptions, trainable_parameters
+    from avalanche_spp._gradients import _call_model, _per_sample_sums, _vmap_grad_chunks
+    from avalanche_spp.importance import _ImportanceOptions, _ImportanceSums, trainable_parameters
 
     torch.manual_seed(0)
     model = _UnusedHead().to(torch.bfloat16)
     params = trainable_parameters(model)
     inputs = (torch.randn(4, 3).to(torch.bfloat16),)
     args = (model, params, _call_model, categorical_entropy, inputs)
-    form = ("neg_entropy", "experience", "per_sample", None, "vmap")
+    form = ("neg_entropy", "experience", "per_sample", None, "vmap", None)
     opts = _ImportanceOptions.checked(model, [inputs], *form)
-    sums = [*_per_sample_sums(*args, opts), *_batch_terms(*args)]
+    batch_sums = _ImportanceSums(
+        params, _ImportanceOptions.checked(model, [inputs], *form[:2], "batch", *form[3:])
+    )
+    batch_sums.add_batch(model, _call_model, categorical_entropy, inputs)  # the batch Fisher's sums
+    sums = [*_per_sample_sums(*args, opts), batch_sums.grad_sum, batch_sums.curv_sum]
     dtypes = {t.dtype for part in sums for t in part.values()}
     dtypes |= {chunk.dtype for _, chunk in _vmap_grad_chunks(*args, opts.n_scalars)}
     assert dtypes == {torch.float32}
@@ -914,3 +913,46 @@ def test_penalty_term_errors_name_the_argument_and_the_wrong_entries():
     mixed = r"^anchors must hold tensors only, got entries of type \['int', 'str'\]$"
     with pytest.raises(ValueError, match=mixed):
         spp_penalty([w], ["a", a, 3], [o])
+
+
+class _NormedNet(nn.Module):
+    """BatchNorm and dropout (frozen and off in the importance pass) between two Linear layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+@pytest.mark.parametrize("taylor_of", ["second_order", "neg_entropy"])
+@pytest.mark.parametrize("clamp", ["batch", "experience"])
+def test_chunked_items_give_the_same_importance_through_smaller_forwards(taylor_of, clamp):
+    torch.manual_seed(0)
+    model = _NormedNet().double()
+    model(3 * torch.randn(64, 5, dtype=torch.float64) + 1)  # BatchNorm statistics that matter
+    x = torch.randn(40, 5, dtype=torch.float64)
+    items = [x[:25], x[25:]]
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    form = {"taylor_of": taylor_of, "clamp": clamp, "fisher": "batch"}
+    whole = entropy_importance(model, items, **form)
+    assert sizes == [25, 15]
+    sizes.clear()
+    chunked = entropy_importance(model, items, chunk_size=7, **form)
+    assert sizes == [7, 7, 7, 4, 7, 7, 1]  # no forward larger than a chunk
+    assert model.training  # the pass restored the mode
+    for name, omega in whole.items():
+        torch.testing.assert_close(chunked[name], omega, rtol=1e-9, atol=0, msg=name)
+    # The chunks are not batches: measured as items of their own, the batch Fisher differs.
+    as_items = entropy_importance(model, list(x[:25].split(7)) + list(x[25:].split(7)), **form)
+    assert any(not torch.allclose(as_items[n], whole[n], rtol=1e-3) for n in whole)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -3, 2.5, True, "64"])
+def test_chunk_size_must_be_a_positive_int_or_none(chunk_size):
+    with pytest.raises(ValueError, match="chunk_size must be a positive int or None"):
+        entropy_importance(nn.Linear(3, 2), [torch.randn(4, 3)], chunk_size=chunk_size)

@@ -55,3 +55,20 @@ def test_taylor_of_and_the_importance_batch_reach_every_timed_pass(tmp_path, mon
     with pytest.raises(SystemExit):
         main([*argv, "--importance-batch-size", "0"])
     assert "--importance-batch-size must be a positive int, got 0" in capsys.readouterr().err
+
+
+def test_the_timed_pass_chunks_importance_batches_by_the_training_batch_as_the_plugin(tmp_path, monkeypatch):
+    import benchmarks.importance_speed as speed
+
+    seen = []
+    real = speed.entropy_importance
+    monkeypatch.setattr(speed, "entropy_importance", lambda *a, **k: seen.append(k) or real(*a, **k))
+    out = tmp_path / "speed.json"
+    argv = ["--models", "mlp", "--samples", "8", "--train-steps", "1", "--out", str(out)]
+    assert main(argv) == 0
+    assert {k["chunk_size"] for k in seen} == {64}  # the training batch
+    assert "in chunks of the training batch 64" in out.with_suffix(".md").read_text()
+    seen.clear()
+    assert main([*argv, "--whole-batches"]) == 0
+    assert {k["chunk_size"] for k in seen} == {None}
+    assert "chunks" not in out.with_suffix(".md").read_text()

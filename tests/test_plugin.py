@@ -584,6 +584,27 @@ def test_importance_samples_limits_the_inputs_the_pass_sees():
     assert subset == 10 and whole == len(bench.train_stream[0].dataset) > 10
 
 
+def test_the_importance_pass_sends_at_most_a_training_batch_through_the_model():
+    bench = _stream()
+    model = MTSimpleMLP(input_size=8, hidden_size=16)
+    _strategy(model, [], epochs=1).train(bench.train_stream[0])
+    seen: list[int] = []
+    handle = model.features.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    experience = bench.train_stream[0]
+    try:
+        chunked = SPPPlugin()
+        chunked.after_training_exp(SimpleNamespace(model=model, experience=experience, train_mb_size=16))
+        chunks = list(seen)
+        seen.clear()
+        whole = SPPPlugin()  # a strategy with no train_mb_size: whole importance batches
+        whole.after_training_exp(SimpleNamespace(model=model, experience=experience))
+    finally:
+        handle.remove()
+    assert len(experience.dataset) == 60 and chunks == [16, 16, 16, 12] and seen == [60]
+    for name, omega in whole.omega.items():
+        torch.testing.assert_close(chunked.omega[name], omega, rtol=1e-5, atol=0, msg=name)
+
+
 # ------------------------------------------------------------ mutants that survived (docs/testing.md)
 
 
