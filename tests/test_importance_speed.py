@@ -71,4 +71,4 @@ def test_the_timed_pass_chunks_importance_batches_by_the_training_batch_as_the_p
     seen.clear()
     assert main([*argv, "--whole-batches"]) == 0
     assert {k["chunk_size"] for k in seen} == {None}
-    assert "chunks" not in out.with_suffix(".md").read_text()
+    assert "in chunks of" not in out.with_suffix(".md").read_text()
