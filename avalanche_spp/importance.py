@@ -275,8 +275,11 @@ class _ImportanceSums:
         for name, g in zip(self.params, grads, strict=True):
             if g is None:  # not reached by this batch: its estimate is 0, and so its clamp
                 continue
-            x = g.to(self.weights[name].dtype).mul_(self.weights[name])
-            self.clamped_sum[name].add_(_clamped_estimate(x, self.options.sign), alpha=batch_size)
+            x, sign = g.to(self.weights[name].dtype).mul_(self.weights[name]), self.options.sign
+            if sign == 0.0:  # 1/2 x**2 needs no clamp: one fused pass
+                self.clamped_sum[name].addcmul_(x, x, value=0.5 * batch_size)
+            else:
+                self.clamped_sum[name].add_(_clamped_estimate(x, sign), alpha=batch_size)
 
     def _mean_grads(self, model: nn.Module, forward: ForwardFn, entropy_fn: EntropyFn, inputs: tuple) -> list:
         """``d mean_n H_n / dW`` of one batch (``None``: not reached), summed over chunks of at most

@@ -184,9 +184,8 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         if self.penalty_via != "gradient":
             return
         params, anchors, omegas = self._live_penalty_terms(strategy)
-        # Only the parameters this step's loss reached (those with a .grad): a parameter the loss
-        # did not touch gets no .grad, so the optimiser (its momentum or Adam state) leaves it
-        # exactly where it is.
+        # Only the parameters this step's loss reached (with a .grad): one it did not touch gets no
+        # .grad, so the optimiser (its momentum or Adam state) leaves it exactly where it is.
         params, anchors, omegas = _only(params, anchors, omegas, keep=[p.grad is not None for p in params])
         if params:
             add_spp_penalty_grad_(params, anchors, omegas, self.lam)
@@ -334,10 +333,8 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         self._penalty_terms = None
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_penalty_terms"] = None  # views of live parameters: rebuilt after loading
-        state["_penalty_model"] = None
-        return state
+        # The terms are views of live parameters: rebuilt after loading.
+        return {**self.__dict__, "_penalty_terms": None, "_penalty_model": None}
 
     # ----------------------------------------------------------------------------- helpers
     def _importance_batches(self, strategy: Any, model: nn.Module) -> Iterator[Any]:

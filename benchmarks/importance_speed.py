@@ -208,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resnet-size", type=int, default=defaults.resnet_size)
     parser.add_argument("--samples", type=int, default=defaults.samples)
     parser.add_argument("--train-steps", type=int, default=defaults.train_steps)
+    parser.add_argument("--train-batch-size", type=int, default=defaults.train_batch_size)
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument(
         "--per-sample-backend", choices=PER_SAMPLE_BACKENDS, default=defaults.per_sample_backend
@@ -229,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(models) - {"mlp", "vgg9", "resnet18"})
     if unknown:
         parser.error(f"--models: unknown {unknown}; choose from mlp, vgg9, resnet18")
+    if args.train_batch_size < 1:
+        parser.error(f"--train-batch-size must be a positive int, got {args.train_batch_size}")
     if args.importance_batch_size < 1:
         parser.error(f"--importance-batch-size must be a positive int, got {args.importance_batch_size}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -241,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resnet_size=args.resnet_size,
         samples=args.samples,
         train_steps=args.train_steps,
+        train_batch_size=args.train_batch_size,
         threads=args.threads,
         per_sample_backend=args.per_sample_backend,
         taylor_of=args.taylor_of,
