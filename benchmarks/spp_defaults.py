@@ -164,6 +164,10 @@ FORMS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 """SPP option sets, by short name: ``<scale>_<clamp>_<ent|neg>[_bf: batch Fisher][_2k: 2048 samples]``."""
 
+BASELINES = ("ewc", "si", "mas", "lwf")
+"""The other regularisers, also accepted by ``--forms`` (``--lams`` is then their own strength): a
+stream's references, to tell a weakness of SPP from a stream on which no regulariser helps."""
+
 
 def run_one(
     stream: Stream, method: str, form: dict[str, Any], lam: float | None, seed: int, split: str = "validation"
@@ -408,7 +412,9 @@ def write_summary(out: Path, command: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.spp_defaults", description=__doc__)
     parser.add_argument("--streams", required=True, help=f"comma list of {sorted(STREAMS)}")
-    parser.add_argument("--forms", required=True, help=f"comma list of {sorted(FORMS)}, or 'all'")
+    parser.add_argument(
+        "--forms", required=True, help=f"comma list of {sorted(FORMS)} or {list(BASELINES)}, or 'all'"
+    )
     parser.add_argument("--lams", required=True, help="comma list of strengths")
     parser.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
     parser.add_argument("--out", required=True, help="output folder")
@@ -422,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     streams = args.streams.split(",")
     forms = sorted(FORMS) if args.forms == "all" else args.forms.split(",")
-    for name, known, what in ((streams, STREAMS, "--streams"), (forms, FORMS, "--forms")):
+    for name, known, what in ((streams, STREAMS, "--streams"), (forms, [*FORMS, *BASELINES], "--forms")):
         unknown = sorted(set(name) - set(known))
         if unknown:
             parser.error(f"{what}: unknown {unknown}; choose from {sorted(known)}")
@@ -451,7 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = out / "runs" / f"{stream}__{form}__{lam_key}__seed{seed}.json"
         if path.exists():
             continue
-        method, options = ("finetune", {}) if form == "naive" else ("spp", FORMS[form])
+        method, options = (
+            ("finetune", {}) if form == "naive" else ("spp", FORMS[form]) if form in FORMS else (form, {})
+        )
         record = run_one(STREAMS[stream], method, options, lam, seed, args.split)
         record["stream"] = {"name": stream, **asdict(STREAMS[stream])}
         record["form"] = {"name": form, **options}

@@ -135,3 +135,21 @@ def test_the_form_whose_strength_is_chosen_is_what_sppplugin_does_by_default():
     config = TrainConfig()
     assert FORMS[DEFAULT_FORM] and all(getattr(config, k) == v for k, v in FORMS[DEFAULT_FORM].items())
     assert {FORMS[f]["spp_taylor_of"] for f in TAYLOR_FORMS} == {"second_order", "neg_entropy", "entropy"}
+
+
+def test_a_baseline_in_forms_runs_that_method_at_the_given_strength(tmp_path, monkeypatch):
+    import benchmarks.spp_defaults as defaults
+
+    calls = []
+
+    def fake_run(stream, method, options, lam, seed, split):
+        calls.append((method, options, lam, seed, split))
+        return {"metrics": {"acc": 0.5, "bwt": -0.1}, "wall_s": 0.0, "config": {"split": split}}
+
+    monkeypatch.setattr(defaults, "run_one", fake_run)
+    argv = ["--streams", "split_digits_sgd2", "--forms", "mas,default", "--lams", "2", "--out", str(tmp_path)]
+    assert main([*argv, "--no-naive"]) == 0
+    assert sorted(calls) == [("mas", {}, 2.0, 0, "validation"), ("spp", {}, 2.0, 0, "validation")]
+    assert (tmp_path / "runs" / "split_digits_sgd2__mas__lam2__seed0.json").exists()
+    with pytest.raises(SystemExit):
+        main(["--streams", "split_digits_sgd2", "--forms", "agem", "--lams", "1", "--out", str(tmp_path)])
