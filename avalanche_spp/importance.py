@@ -126,7 +126,7 @@ def entropy_importance(
         per_sample_backend: ``"auto"`` (default): the per-sample Fisher from outer products of each
             ``nn.Linear``'s inputs and output gradients where every parameter sits in one and the
             batch gradient checks out (MLPs), else ``torch.func.vmap``; ``"vmap"``: always vmap.
-        chunk_size: with ``fisher="batch"``, send at most this many samples of an item through the
+        chunk_size: ``fisher="batch"`` only: send at most this many samples of an item through the
             model at once and sum their gradients: the same ``Omega`` (up to rounding) in the memory
             of a smaller batch. ``None``: whole items.
 
@@ -191,8 +191,8 @@ class _ImportanceOptions:
         check_choice("per_sample_backend", per_sample_backend, PER_SAMPLE_BACKENDS)
         if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
             raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
-        if chunk_size is not None and (type(chunk_size) is not int or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        if chunk_size is not None and (type(chunk_size) is not int or chunk_size < 1 or fisher != "batch"):
+            raise ValueError(f'chunk_size must be None or an int > 0 (fisher="batch"), got {chunk_size!r}')
         params = trainable_parameters(model)
         if not params:
             raise ValueError("the model has no trainable parameter (requires_grad=True): nothing to measure")

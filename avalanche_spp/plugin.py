@@ -224,7 +224,7 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             clamp=self.clamp,
             fisher=self.fisher,
             all_reduce=_all_reduce_if_distributed(),
-            chunk_size=getattr(self, "_chunk_size", None),
+            chunk_size=getattr(self, "_chunk_size", None) if self.fisher == "batch" else None,
             **options,
         )
 

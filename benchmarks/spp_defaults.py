@@ -142,6 +142,11 @@ FORMS: dict[str, dict[str, Any]] = {
     # depends on it; 64 costs less per image on a CPU CNN)
     "sat_batch_so_bf_ib64": {**_SO_BF_FORM, "spp_importance_batch_size": 64},
     "sat_batch_so_bf_ib128": {**_SO_BF_FORM, "spp_importance_batch_size": 128},
+    # the default form, for plasticity: a Hill mask of exponent 2 (the many weights of small
+    # 1/2 W^2 F nearly free), m per tensor, or the importances of successive tasks by their maximum
+    "sat_batch_so_bf_h2": {**_SO_BF_FORM, "spp_sharpness": 2.0},
+    "sat_batch_so_bf_tm": {**_SO_BF_FORM, "spp_mask_mean": "tensor"},
+    "sat_batch_so_bf_max": {**_SO_BF_FORM, "spp_accumulate": "max"},
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",

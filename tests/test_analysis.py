@@ -265,8 +265,11 @@ def _fake_run(run_dir):
             "data_root": None,
             "benchmark_options": BENCHMARK_OPTIONS,
             "train": {
-                "hidden": list(HIDDEN), "dropout": 0.0, "spp_fisher": importance.DEFAULT_FISHER,
-                "spp_clamp": importance.DEFAULT_CLAMP, "spp_taylor_of": importance.DEFAULT_TAYLOR_OF,
+                "hidden": list(HIDDEN),
+                "dropout": 0.0,
+                "spp_fisher": importance.DEFAULT_FISHER,
+                "spp_clamp": importance.DEFAULT_CLAMP,
+                "spp_taylor_of": importance.DEFAULT_TAYLOR_OF,
             },  # fmt: skip
         }
         record = build_record(
@@ -338,6 +341,7 @@ def test_command_numbers_match_the_saved_tensors(analyzed):
     b = values(spp[-1]["omega"], names) - values(spp[-2]["omega"], names)
     expected = (a.mean() - b.mean()) ** 2 + (a.std() - b.std()) ** 2
     assert numbers["frechet"]["spp"]["features.1"]["frechet"] == pytest.approx(expected, rel=1e-3)
+
     # "head": head 1's importance after task 1 against head T's after task T.
     def head(task):
         return [f"classifier.classifiers.{task}.classifier.{k}" for k in ("weight", "bias")]
@@ -364,9 +368,7 @@ def test_command_numbers_match_the_saved_tensors(analyzed):
             assert float(np.sum(np.asarray(row["density"]) * widths)) == pytest.approx(1.0)
             assert 0.0 <= row["near_zero_fraction"] <= 1.0
     spp_all = dist["groups"]["all"]["spp"]
-    saved_all = torch.cat(
-        [t.reshape(-1) for n, t in spp[0]["omega"].items() if layer_key(n)[1] in (None, 0)]
-    )
+    saved_all = torch.cat([t.reshape(-1) for n, t in spp[0]["omega"].items() if layer_key(n)[1] in (None, 0)])
     assert spp_all["near_zero_fraction"] == pytest.approx(near_zero_fraction(saved_all), abs=1e-9)
 
     # Fig. 8: the hidden layer, changes after task 2 and task T, numbers over the whole layer.

@@ -954,5 +954,11 @@ def test_chunked_items_give_the_same_importance_through_smaller_forwards(taylor_
 
 @pytest.mark.parametrize("chunk_size", [0, -3, 2.5, True, "64"])
 def test_chunk_size_must_be_a_positive_int_or_none(chunk_size):
-    with pytest.raises(ValueError, match="chunk_size must be a positive int or None"):
-        entropy_importance(nn.Linear(3, 2), [torch.randn(4, 3)], chunk_size=chunk_size)
+    with pytest.raises(ValueError, match=r'chunk_size must be None or an int > 0 \(fisher="batch"\)'):
+        entropy_importance(nn.Linear(3, 2), [torch.randn(4, 3)], fisher="batch", chunk_size=chunk_size)
+
+
+def test_chunk_size_is_refused_with_the_per_sample_fisher_which_it_would_not_reach():
+    with pytest.raises(ValueError, match=r'an int > 0 \(fisher="batch"\), got 2'):
+        entropy_importance(nn.Linear(3, 2), [torch.randn(4, 3)], fisher="per_sample", chunk_size=2)
+    entropy_importance(nn.Linear(3, 2), [torch.randn(4, 3)], fisher="per_sample", chunk_size=None)

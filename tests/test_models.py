@@ -177,9 +177,7 @@ def test_naive_training_on_split_digits_learns_each_task(split_digits):
         evaluator=EvaluationPlugin(loggers=[]),
     )
     accuracies = []
-    for train_exp, test_exp in zip(
-        split_digits.train_stream, split_digits.test_stream, strict=True
-    ):
+    for train_exp, test_exp in zip(split_digits.train_stream, split_digits.test_stream, strict=True):
         strategy.train(train_exp)
         model.eval()
         dataset = test_exp.dataset

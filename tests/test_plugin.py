@@ -601,8 +601,9 @@ def test_the_importance_pass_sends_at_most_a_training_batch_through_the_model():
     finally:
         handle.remove()
     assert len(experience.dataset) == 60 and chunks == [16, 16, 16, 12] and seen == [60]
-    for name, omega in whole.omega.items():
-        torch.testing.assert_close(chunked.omega[name], omega, rtol=1e-5, atol=0, msg=name)
+    for name, omega in whole.omega.items():  # float32 sums in another order: equal up to rounding
+        error = float((chunked.omega[name] - omega).abs().max())
+        assert error <= 1e-5 * float(omega.abs().max()), (name, error)
 
 
 # ------------------------------------------------------------ mutants that survived (docs/testing.md)
@@ -622,7 +623,6 @@ def _trained_state(**kwargs) -> tuple[SPPPlugin, nn.Module]:
     plugin = SPPPlugin(lam=0.5, **kwargs)
     _strategy(model, [plugin], epochs=1).train(_stream().train_stream[0])
     return plugin, model
-
 
 
 def test_load_state_dict_refuses_non_tensors_and_negative_importance():
@@ -907,4 +907,3 @@ def test_state_round_trip_keeps_the_times_and_a_state_without_settings_keeps_the
     old = SPPPlugin(scale="raw")
     old.load_state_dict(bare)
     assert old.scale == "raw" and old.importance_time_s == [] and set(old.omega) == set(plugin.omega)
-

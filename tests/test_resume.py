@@ -105,8 +105,11 @@ def _kill_when(process: subprocess.Popen, ready, timeout: float = 120.0) -> None
 def _spawn(module: str, argv: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", module, *argv], cwd=REPO, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", module, *argv],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -114,9 +117,26 @@ def _spawn(module: str, argv: list[str]) -> subprocess.Popen:
 def test_benchmark_run_killed_by_sigkill_resumes_to_the_same_numbers(tmp_path):
     def argv(out: Path) -> list[str]:
         return [
-            "--benchmark", "split_digits", "--methods", "finetune,spp", "--seeds", "1", "--no-tune",
-            "--lam", "100", "--epochs", "3", "--hidden", "64", "--lr", "0.1", "--out", str(out),
-            "--quiet", "--threads", "1",
+            "--benchmark",
+            "split_digits",
+            "--methods",
+            "finetune,spp",
+            "--seeds",
+            "1",
+            "--no-tune",
+            "--lam",
+            "100",
+            "--epochs",
+            "3",
+            "--hidden",
+            "64",
+            "--lr",
+            "0.1",
+            "--out",
+            str(out),
+            "--quiet",
+            "--threads",
+            "1",
         ]
 
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -150,9 +170,7 @@ def test_vae_run_killed_by_sigkill_resumes_bit_identically(tmp_path):
     _kill_when(process, spp_epoch_1_saved)
     assert not (killed / "metrics.json").exists()
     assert vae_sequence.main(vae_argv(data, killed, "--resume")) == 0
-    a, b = (
-        torch.load(root / "checkpoints" / "spp_lam100.pt", weights_only=False) for root in (full, killed)
-    )
+    a, b = (torch.load(root / "checkpoints" / "spp_lam100.pt", weights_only=False) for root in (full, killed))
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     metrics = [json.loads((root / "metrics.json").read_text())["runs"] for root in (full, killed)]

@@ -56,10 +56,7 @@ def digit_keys(x: torch.Tensor) -> list[bytes]:
 @pytest.fixture(scope="module")
 def digits_original() -> dict[bytes, int]:
     digits = load_digits()
-    return {
-        row.astype(np.uint8).tobytes(): int(y)
-        for row, y in zip(digits.data, digits.target, strict=True)
-    }
+    return {row.astype(np.uint8).tobytes(): int(y) for row, y in zip(digits.data, digits.target, strict=True)}
 
 
 @pytest.fixture(scope="module")
@@ -217,9 +214,7 @@ def test_split_digits_is_task_incremental_with_labels_from_zero(split_digits_tes
     assert len(split_digits_test.train_stream) == 5
     assert len(split_digits_test.test_stream) == 5
     for stream in (split_digits_test.train_stream, split_digits_test.test_stream):
-        for task, (experience, (x, y, t)) in enumerate(
-            zip(stream, stream_arrays(stream), strict=True)
-        ):
+        for task, (experience, (x, y, t)) in enumerate(zip(stream, stream_arrays(stream), strict=True)):
             assert experience.task_label == task
             assert sorted(experience.classes_in_this_experience) == [0, 1]
             assert set(t.tolist()) == {task}
@@ -297,9 +292,7 @@ def test_permuted_digits_permutations_differ_and_keep_pixels(digits_original):
     bench = make_benchmark("permuted_digits", n_tasks=4, eval_limit=200)
     experiences = stream_arrays(bench.test_stream)
     assert [e.task_label for e in bench.test_stream] == [0, 1, 2, 3]
-    assert [sorted(e.classes_in_this_experience) for e in bench.train_stream] == [
-        list(range(10))
-    ] * 4
+    assert [sorted(e.classes_in_this_experience) for e in bench.train_stream] == [list(range(10))] * 4
     x0, y0, _ = experiences[0]
     # Task 0 is the unpermuted data: real digits with their own labels.
     assert [digits_original[k] for k in digit_keys(x0)] == y0.tolist()
