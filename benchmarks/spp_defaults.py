@@ -147,6 +147,8 @@ FORMS: dict[str, dict[str, Any]] = {
     "sat_batch_so_bf_h2": {**_SO_BF_FORM, "spp_sharpness": 2.0},
     "sat_batch_so_bf_tm": {**_SO_BF_FORM, "spp_mask_mean": "tensor"},
     "sat_batch_so_bf_max": {**_SO_BF_FORM, "spp_accumulate": "max"},
+    # and with the entropy of softmax(z / 4): inputs the model is sure of count too
+    "sat_batch_so_bf_t4": {**_SO_BF_FORM, "spp_temperature": 4.0},
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",
