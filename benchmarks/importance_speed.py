@@ -142,7 +142,7 @@ def measure_model(name: str, config: ImportanceSpeedConfig) -> dict[str, Any]:
                 fisher=fisher,
                 per_sample_backend=config.per_sample_backend,
                 taylor_of=config.taylor_of,
-                chunk_size=config.train_batch_size if config.training_chunks else None,
+                chunk_size=config.train_batch_size if config.training_chunks and fisher == "batch" else None,
             )
 
         rate = _rate(importance_pass, config.samples, device)

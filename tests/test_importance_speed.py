@@ -66,7 +66,8 @@ def test_the_timed_pass_chunks_importance_batches_by_the_training_batch_as_the_p
     out = tmp_path / "speed.json"
     argv = ["--models", "mlp", "--samples", "8", "--train-steps", "1", "--out", str(out)]
     assert main(argv) == 0
-    assert {k["chunk_size"] for k in seen} == {64}  # the training batch
+    chunks = {(k["fisher"], k["chunk_size"]) for k in seen}
+    assert chunks == {("batch", 64), ("per_sample", None)}  # the training batch, where the plugin uses it
     assert "in chunks of the training batch 64" in out.with_suffix(".md").read_text()
     seen.clear()
     assert main([*argv, "--whole-batches"]) == 0
