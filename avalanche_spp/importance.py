@@ -282,16 +282,16 @@ class _ImportanceSums:
                 self.clamped_sum[name].add_(_clamped_estimate(x, sign), alpha=batch_size)
 
     def _mean_grads(self, model: nn.Module, forward: ForwardFn, entropy_fn: EntropyFn, inputs: tuple) -> list:
-        """``d mean_n H_n / dW`` of one batch (``None``: not reached), summed over chunks of at most
-        ``chunk_size`` samples: in eval mode each sample's entropy is its own, so the sum is exact."""
+        """``d mean_n H_n / dW`` of a batch (``None``: not reached), summed over chunks (exact in eval)."""
         batch_size, total = _batch_size(inputs), [None] * len(self.params)
         step = self.options.chunk_size or batch_size
         for start in range(0, batch_size, step):
             part = tuple(x[start : start + step] if isinstance(x, Tensor) else x for x in inputs)
             entropy = _checked_entropy(entropy_fn, forward(model, *part), _batch_size(part)).sum()
             grads = torch.autograd.grad(entropy / batch_size, list(self.params.values()), allow_unused=True)
-            total = [
-                t if g is None else g if t is None else t.add_(g) for t, g in zip(total, grads, strict=True)
+            total = [  # summed in the accumulation dtype (float32 for a half-precision model)
+                t if g is None else g.to(w.dtype) if t is None else t.add_(g)
+                for t, g, w in zip(total, grads, self.weights.values(), strict=True)
             ]
         return total
 

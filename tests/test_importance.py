@@ -962,3 +962,18 @@ def test_chunk_size_is_refused_with_the_per_sample_fisher_which_it_would_not_rea
     with pytest.raises(ValueError, match=r'an int > 0 \(fisher="batch"\), got 2'):
         entropy_importance(nn.Linear(3, 2), [torch.randn(4, 3)], fisher="per_sample", chunk_size=2)
     entropy_importance(nn.Linear(3, 2), [torch.randn(4, 3)], fisher="per_sample", chunk_size=None)
+
+
+@pytest.mark.parametrize("clamp", ["batch", "experience"])
+def test_half_precision_chunks_are_summed_in_float32(clamp):
+    torch.manual_seed(0)
+    exact = _UnusedHead().double()
+    half = _UnusedHead().to(torch.bfloat16)
+    half.load_state_dict(exact.state_dict())
+    x = torch.randn(768, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    options = {"fisher": "batch", "clamp": clamp, "taylor_of": "second_order"}
+    reference = _entropy_importance(exact, [x], **options)  # one batch of 768, whole
+    omega = _entropy_importance(half, [x.to(torch.bfloat16)], chunk_size=1, **options)  # 768 chunks
+    for name in ("trunk.weight", "used.weight"):
+        error = float((omega[name].double() - reference[name]).abs().sum() / reference[name].abs().sum())
+        assert error < 0.05, (name, error)
