@@ -206,7 +206,7 @@ def run_one(
 
 
 def summarize(out: Path) -> dict[str, Any]:
-    """Mean ACC / BWT (in %) over seeds of every (stream, form, lam) in ``out/runs``."""
+    """Mean ACC / BWT (in %) over seeds of every (stream, form, lam) in ``out/runs``, and ACC's std."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for path in sorted((out / "runs").glob("*.json")):
         stream, form, lam, _seed = path.stem.split("__")
@@ -221,15 +221,19 @@ def summarize(out: Path) -> dict[str, Any]:
             "seeds": len(records),
             "acc": 100 * float(np.mean([m["acc"] for m in metrics])),
             "bwt": 100 * float(np.mean([m["bwt"] for m in metrics])),
+            "acc_std": 100 * _std([m["acc"] for m in metrics]),  # sample std (ddof 1), in the JSON only
             "diverged": sum(r.get("diverged_at_task") is not None for r in records),
             "split": records[0]["config"]["split"],
         })  # fmt: skip
     return {"rows": rows}
 
 
+def _std(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def _mean_std(values: list[float]) -> str:
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{100 * float(np.mean(values)):.2f} ± {100 * std:.2f}"
+    return f"{100 * float(np.mean(values)):.2f} ± {100 * _std(values):.2f}"
 
 
 def check_rows(out: Path) -> list[dict[str, Any]]:

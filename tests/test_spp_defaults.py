@@ -54,6 +54,7 @@ def test_summary_groups_runs_by_stream_form_and_strength(tmp_path):
             "seeds": 2,
             "acc": 85.0,
             "bwt": -1.0,
+            "acc_std": 100 * 0.1 / 2**0.5,  # 80 and 90: the sample std
             "diverged": 0,
             "split": "test",
         }  # fmt: skip
