@@ -17,6 +17,7 @@ from benchmarks.baselines import (
     CopyingSynapticIntelligencePlugin,
     FreezeFeaturesPlugin,
     TrainConfig,
+    ZeroLossMASPlugin,
     build_strategy,
     default_strength,
     uses_multi_head,
@@ -29,7 +30,7 @@ PLUGIN = {
     "sgd_f": FreezeFeaturesPlugin,
     "ewc": EWCPlugin,
     "si": CopyingSynapticIntelligencePlugin,
-    "mas": MASPlugin,
+    "mas": ZeroLossMASPlugin,
     "lwf": LwFPlugin,
     "spp": SPPPlugin,
 }
@@ -206,3 +207,30 @@ def test_avalanche_si_is_inert_on_cpu_which_is_why_the_copying_class_exists():
     plugin, _, _ = _si_after_one_experience(SynapticIntelligencePlugin)
     importance = torch.cat([d.data for d in plugin.ewc_data[1].values()])
     assert importance.abs().sum() == 0
+
+
+def test_mas_accepts_a_zero_loss_which_avalanche_refuses_and_adds_the_same_penalty():
+    from types import SimpleNamespace
+
+    model = torch.nn.Linear(3, 2)
+    importance = {n: torch.rand_like(p) for n, p in model.named_parameters()}
+    anchor = {n: p.detach() + 0.1 for n, p in model.named_parameters()}  # (W - W*)^2 = 0.01
+
+    def strategy(loss):
+        return SimpleNamespace(model=model, loss=loss, clock=SimpleNamespace(train_exp_counter=1))
+
+    ours, theirs = ZeroLossMASPlugin(lambda_reg=2.0), MASPlugin(lambda_reg=2.0)
+    for plugin in (ours, theirs):
+        plugin.importance, plugin.params = importance, anchor
+    expected = 2.0 * sum(float(o.sum()) * 0.01 for o in importance.values())
+    mine, avalanches = strategy(torch.tensor(1.5)), strategy(torch.tensor(1.5))
+    ours.before_backward(mine)
+    theirs.before_backward(avalanches)
+    assert float(mine.loss) == pytest.approx(float(avalanches.loss)) == pytest.approx(1.5 + expected)
+    with pytest.raises(ValueError, match="Loss is not available"):
+        theirs.before_backward(strategy(torch.tensor(0.0)))
+    zero = strategy(torch.tensor(0.0))
+    ours.before_backward(zero)
+    assert float(zero.loss) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="Loss is not available"):
+        ours.before_backward(strategy(None))
