@@ -34,10 +34,9 @@ from benchmarks.streams import (
 #: ``python -m benchmarks.run`` with no option runs the README's Quickstart comparison: split digits,
 #: all nine methods, one seed, strengths tuned on validation, into runs/quickstart (overwritten).
 QUICKSTART_ARGS = (
-    "--benchmark", "split_digits", "--methods", "all", "--seeds", "1", "--lr", "0.1",
+    "--benchmark", "split_digits", "--methods", "all", "--seeds", "3", "--lr", "0.1", "--epochs", "20",
     "--hidden", "256,128", "--out", "runs/quickstart", "--force",
 )  # fmt: skip
-
 
 
 @dataclass(frozen=True)
@@ -291,8 +290,10 @@ def _grids(parser: argparse.ArgumentParser, values: dict[str, Any]) -> dict[str,
     grids = dict((k, tuple(v)) for k, v in given_grids)
     for method, grid in grids.items():
         if method not in STRENGTH_NAMES or not grid or not all(_is_number(v) and v >= 0 for v in grid):
-            parser.error(f"grids: {method}={list(grid)!r}: use METHOD: [V1, ...] with numbers >= 0 and "
-                         f"METHOD in {list(STRENGTH_NAMES)}")
+            parser.error(
+                f"grids: {method}={list(grid)!r}: use METHOD: [V1, ...] with numbers >= 0 and "
+                f"METHOD in {list(STRENGTH_NAMES)}"
+            )
     for item in values.pop("grid", None) or ():
         method, _, listed = item.partition("=")
         if method not in STRENGTH_NAMES or not listed:
@@ -370,7 +371,8 @@ def _check_setting_types(parser: argparse.ArgumentParser, values: dict[str, Any]
             expected = "a string (or null)"
         elif key in _LIST_SETTINGS and not (
             isinstance(value, str)
-            or isinstance(value, (list, tuple)) and all(isinstance(v, str) or _is_number(v) for v in value)
+            or isinstance(value, (list, tuple))
+            and all(isinstance(v, str) or _is_number(v) for v in value)
         ):
             expected = "a comma-separated string or a list"
         elif key == "seeds" and not (

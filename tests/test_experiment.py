@@ -131,7 +131,8 @@ def test_benchmarks_run_with_no_option_is_the_readme_quickstart(monkeypatch):
         run_cli.main([])
     assert seen == [list(run_cli.QUICKSTART_ARGS)]
     config = real_parse(list(run_cli.QUICKSTART_ARGS))
-    assert config.benchmark == "split_digits" and len(config.methods) == 9 and config.seeds == (0,)
+    assert config.benchmark == "split_digits" and len(config.methods) == 9 and config.seeds == (0, 1, 2)
+    assert config.epochs == 20  # a budget at which fine-tuning forgets (docs/results.md, "Quickstart")
     assert config.lr == 0.1 and tuple(config.hidden) == (256, 128) and config.out == "runs/quickstart"
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "pip install -e . && python -m benchmarks.run\n" in readme
