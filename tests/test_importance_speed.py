@@ -73,3 +73,11 @@ def test_the_timed_pass_chunks_importance_batches_by_the_training_batch_as_the_p
     assert main([*argv, "--whole-batches"]) == 0
     assert {k["chunk_size"] for k in seen} == {None}
     assert "in chunks of" not in out.with_suffix(".md").read_text()
+
+
+def test_a_training_batch_below_one_is_refused(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["--models", "mlp", "--train-batch-size", "0", "--out", "unused.json"])
+    assert "--train-batch-size must be a positive int, got 0" in capsys.readouterr().err

@@ -138,7 +138,7 @@ def test_the_form_whose_strength_is_chosen_is_what_sppplugin_does_by_default():
     assert {FORMS[f]["spp_taylor_of"] for f in TAYLOR_FORMS} == {"second_order", "neg_entropy", "entropy"}
 
 
-def test_a_baseline_in_forms_runs_that_method_at_the_given_strength(tmp_path, monkeypatch):
+def test_a_baseline_in_forms_runs_that_method_at_the_given_strength(tmp_path, monkeypatch, capsys):
     import benchmarks.spp_defaults as defaults
 
     calls = []
@@ -154,3 +154,4 @@ def test_a_baseline_in_forms_runs_that_method_at_the_given_strength(tmp_path, mo
     assert (tmp_path / "runs" / "split_digits_sgd2__mas__lam2__seed0.json").exists()
     with pytest.raises(SystemExit):
         main(["--streams", "split_digits_sgd2", "--forms", "agem", "--lams", "1", "--out", str(tmp_path)])
+    assert "--forms: unknown ['agem']" in capsys.readouterr().err
