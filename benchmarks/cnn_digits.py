@@ -76,14 +76,21 @@ def cnn_run(plugins: list[Any], seed: int) -> np.ndarray:
     return matrix
 
 
-def plugins_for(lam: float) -> Callable[[], list[Any]]:
-    """No plugin for ``lam == 0`` (Naive), else ``SPPPlugin(lam=lam)``."""
-    return (lambda: []) if lam == 0 else (lambda: [SPPPlugin(lam=lam)])
+def plugins_for(lam: float, mask_mean: str = "all") -> Callable[[], list[Any]]:
+    """No plugin for ``lam == 0`` (Naive), else ``SPPPlugin(lam=lam)`` (``mask_mean`` other than
+    ``"all"``: the harness's ``SPPVariantPlugin`` with that mask mean)."""
+    if lam == 0:
+        return lambda: []
+    if mask_mean == "all":
+        return lambda: [SPPPlugin(lam=lam)]
+    from benchmarks.spp_variants import SPPVariantPlugin
+
+    return lambda: [SPPVariantPlugin(lam, mask_mean=mask_mean)]
 
 
-def measure(lam: float, seeds: Sequence[int]) -> dict[str, Any]:
+def measure(lam: float, seeds: Sequence[int], mask_mean: str = "all") -> dict[str, Any]:
     """ACC / BWT (in %) of every seed at one strength, and their medians."""
-    metrics = [all_metrics(cnn_run(plugins_for(lam)(), seed)) for seed in seeds]
+    metrics = [all_metrics(cnn_run(plugins_for(lam, mask_mean)(), seed)) for seed in seeds]
     acc = [100 * m["acc"] for m in metrics]
     bwt = [100 * m["bwt"] for m in metrics]
     return {
@@ -94,7 +101,8 @@ def measure(lam: float, seeds: Sequence[int]) -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     lines = [
-        f"Command: `{result['command']}` (test split; lam 0 is Naive).",
+        f"Command: `{result['command']}` (test split; lam 0 is Naive; mask mean "
+        f"{result.get('mask_mean', 'all')}).",
         "",
         "| lam | ACC per seed (%) | BWT per seed (%) | median ACC / BWT |",
         "|---|---|---|---|",
@@ -113,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lams", default="0,3,100", help="comma list of strengths; 0 is Naive")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma list of seeds")
     parser.add_argument("--out", required=True, help="JSON output (a .md table is written beside it)")
+    parser.add_argument(
+        "--mask-mean", default="all", choices=("all", "median", "tensor"),
+        help="the saturating mask's m: all (SPPPlugin's mean), or a harness variant's",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         lams = [float(v) for v in args.lams.split(",")]
@@ -127,12 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for lam in lams:  # written after each strength: a run cut short keeps what it measured
-        rows.append(measure(lam, seeds))
+        rows.append(measure(lam, seeds, args.mask_mean))
         print(
             f"lam {lam:g}: median ACC {rows[-1]['median_acc']:.1f}, BWT {rows[-1]['median_bwt']:.1f}",
             flush=True,
         )
-        result = {"command": command, "rows": rows}
+        result = {"command": command, "mask_mean": args.mask_mean, "rows": rows}
         out.write_text(json.dumps(result, indent=2) + "\n")
         out.with_suffix(".md").write_text(render(result))
     return 0

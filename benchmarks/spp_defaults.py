@@ -149,6 +149,8 @@ FORMS: dict[str, dict[str, Any]] = {
     "sat_batch_so_bf_max": {**_SO_BF_FORM, "spp_accumulate": "max"},
     # and with the entropy of softmax(z / 4): inputs the model is sure of count too
     "sat_batch_so_bf_t4": {**_SO_BF_FORM, "spp_temperature": 4.0},
+    # and with the mask's m the median importance: half the weights have M >= 1/2 on any model
+    "sat_batch_so_bf_md": {**_SO_BF_FORM, "spp_mask_mean": "median"},
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",

@@ -90,9 +90,7 @@ def available_benchmarks() -> list[str]:
     return list(_REGISTRY)
 
 
-def benchmark_info(
-    name: str, *, n_tasks: int | None = None, image_size: int | None = None
-) -> BenchmarkInfo:
+def benchmark_info(name: str, *, n_tasks: int | None = None, image_size: int | None = None) -> BenchmarkInfo:
     """Static description of benchmark ``name`` (no data is loaded).
 
     Args:
@@ -201,8 +199,7 @@ def make_benchmark(
         or not 0.0 < validation_fraction < 1.0
     ):
         raise ValueError(
-            "validation_fraction must be a number strictly between 0 and 1, "
-            f"got {validation_fraction!r}"
+            f"validation_fraction must be a number strictly between 0 and 1, got {validation_fraction!r}"
         )
     info = _with_image_size(_resize(spec, n_tasks), options.get("image_size"))
     if data_root is not None and not isinstance(data_root, (str, os.PathLike)):

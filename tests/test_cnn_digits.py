@@ -24,9 +24,13 @@ def test_cnn_digits_writes_every_seed_and_their_median(tmp_path):
 
 
 def test_strength_zero_is_naive_and_any_other_the_plugin():
-    assert plugins_for(0.0)() == []
+    from benchmarks.spp_variants import SPPVariantPlugin
+
+    assert plugins_for(0.0)() == [] and plugins_for(0.0, "median")() == []
     (plugin,) = plugins_for(3.0)()
-    assert isinstance(plugin, SPPPlugin) and plugin.lam == 3.0
+    assert type(plugin) is SPPPlugin and plugin.lam == 3.0
+    (variant,) = plugins_for(3.0, "median")()
+    assert isinstance(variant, SPPVariantPlugin) and variant.mask_mean == "median" and variant.lam == 3.0
 
 
 @pytest.mark.parametrize("lams", ["-1", "nan", "x"])

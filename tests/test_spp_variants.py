@@ -394,3 +394,19 @@ def test_the_curvature_stiffness_scales_the_mask_by_the_expected_fisher_by_hand(
     watcher.update(model, omega)
     plain = watcher._training_terms(model)[2][0]
     torch.testing.assert_close(plain, (omega["weight"] / (omega["weight"] + m)).to(plain))
+
+
+def test_the_median_mask_divides_by_the_median_importance_by_hand():
+    model = nn.Linear(2, 2)
+    plugin = SPPVariantPlugin(lam=1.0, mask_mean="median")
+    omega = {"weight": torch.tensor([[0.0, 1.0], [2.0, 30.0]]), "bias": torch.tensor([3.0, 4.0])}
+    plugin.update(model, omega)
+    _, _, masks = plugin._training_terms(model)
+    by_name = dict(zip(["weight", "bias"], masks, strict=True))
+    m = 2.0  # torch's median of [0, 1, 2, 30, 3, 4] (the lower of the two middle values), not the mean 40 / 6
+    torch.testing.assert_close(by_name["weight"], omega["weight"] / (omega["weight"] + m))
+    torch.testing.assert_close(by_name["bias"], omega["bias"] / (omega["bias"] + m))
+    assert float(by_name["weight"][1, 0]) == 0.5  # the median weight is half stiff
+    library = SPPPlugin(lam=1.0)  # the library's mean: the heavy tail (30) frees the rest
+    library.update(model, omega)
+    assert float(library._training_terms(model)[2][0][1, 0]) == pytest.approx(2.0 / (2.0 + 40.0 / 6))
