@@ -217,23 +217,12 @@ def analyze_run(
         "spp": spp_importance(model, 0),
     }
     numbers: dict[str, Any] = {  # fmt: skip
-        "run": {
-            "run_dir": str(run_dir),
-            "benchmark": benchmark,
-            "n_tasks": n_tasks,
-            "seed": seed,
-            "seeds": seeds,
-            "methods": present,
-            "strengths": {m: records[(m, seed)].get("strength") for m in present},
-        },
-        "settings": {
-            "samples_per_task": n_samples,
-            "spp_importance": spp_options,
-            "fisher_labels": fisher_labels,
-            "near_zero_threshold": near_zero,
-            "bins": bins,
-            "log_decades": LOG_DECADES,
-        },
+        "run": {"run_dir": str(run_dir), "benchmark": benchmark, "n_tasks": n_tasks, "seed": seed,
+                "seeds": seeds, "methods": present,
+                "strengths": {m: records[(m, seed)].get("strength") for m in present}},
+        "settings": {"samples_per_task": n_samples, "spp_importance": spp_options,
+                     "fisher_labels": fisher_labels, "near_zero_threshold": near_zero, "bins": bins,
+                     "log_decades": LOG_DECADES},
         "accuracy": accuracy_after_each_task(records, present),
         "importance_distribution": importance_distribution(
             measures, near_zero=near_zero, bins=bins, model=f"{reference_method} seed {seed} after task 1"

@@ -84,7 +84,9 @@ def _build_permuted(
     train_rows, val_rows = _validation_split(arrays.train_y, validation_fraction, seed)
     eval_x, eval_y, eval_rows = _eval_part(arrays, split, val_rows)
     # Every task shows the same images (the same sub-sample, if limited), each task permuted.
-    train_rows = _limit(train_rows, arrays.train_y, train_limit, _random_state(seed, _TRAIN_LIMIT_KEY))
+    train_rows = _limit(
+        train_rows, arrays.train_y, train_limit, _random_state(seed, _TRAIN_LIMIT_KEY)
+    )
     eval_rows = _limit(eval_rows, eval_y, eval_limit, _random_state(seed, _EVAL_LIMIT_KEY))
     train_sets, eval_sets = [], []
     for task in range(info.n_tasks):
@@ -178,7 +180,9 @@ def _limit(rows: Tensor, targets: Tensor, limit: int | None, rng: np.random.Rand
         # refuses it), so drop a seeded random few.
         kept = rng.choice(rows.numpy(), size=limit, replace=False)
     else:
-        kept, _ = train_test_split(rows.numpy(), train_size=limit, stratify=labels, random_state=rng)
+        kept, _ = train_test_split(
+            rows.numpy(), train_size=limit, stratify=labels, random_state=rng
+        )
     return torch.from_numpy(np.sort(kept))
 
 

@@ -51,7 +51,9 @@ class BenchmarkInfo:
                 f"n_tasks is {self.n_tasks}; they must agree and be >= 1"
             )
         if self.model_family not in MODEL_FAMILIES:
-            raise ValueError(f"model_family must be one of {MODEL_FAMILIES}, got {self.model_family!r}")
+            raise ValueError(
+                f"model_family must be one of {MODEL_FAMILIES}, got {self.model_family!r}"
+            )
 
     @property
     def max_classes_per_task(self) -> int:

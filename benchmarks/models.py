@@ -39,7 +39,9 @@ PAPER_INIT_STD = 0.1  # sigma of the paper's Gaussian initialisation (Sec. 4, "T
 DEFAULT_HIDDEN = (512, 256)  # the paper's MLP: 784-512-256-classes
 
 
-def mlp_trunk(input_size: int, hidden: Sequence[int] = DEFAULT_HIDDEN, dropout: float = 0.0) -> nn.Sequential:
+def mlp_trunk(
+    input_size: int, hidden: Sequence[int] = DEFAULT_HIDDEN, dropout: float = 0.0
+) -> nn.Sequential:
     """``Flatten -> [Linear -> ReLU (-> Dropout)] * len(hidden)``: ``(B, ...)`` to ``(B, H)``.
 
     ``H = hidden[-1]``; inputs of any shape are flattened to ``(B, input_size)`` first.
@@ -87,7 +89,9 @@ class GaussianInitMultiHeadClassifier(MultiHeadClassifier):
 
     @torch.no_grad()
     def adaptation(self, experience: Any) -> None:
-        widths_before = {tid: head.classifier.out_features for tid, head in self.classifiers.items()}
+        widths_before = {
+            tid: head.classifier.out_features for tid, head in self.classifiers.items()
+        }
         super().adaptation(experience)
         for tid, head in self.classifiers.items():
             old = widths_before.get(tid, 0)
@@ -130,9 +134,13 @@ class MultiHeadMLP(MultiTaskModule):
         super().__init__()
         _check_init(init)
         if isinstance(initial_out_features, bool) or not isinstance(initial_out_features, int):
-            raise ValueError(f"initial_out_features must be an int >= 1, got {initial_out_features!r}")
+            raise ValueError(
+                f"initial_out_features must be an int >= 1, got {initial_out_features!r}"
+            )
         if initial_out_features < 1:
-            raise ValueError(f"initial_out_features must be an int >= 1, got {initial_out_features!r}")
+            raise ValueError(
+                f"initial_out_features must be an int >= 1, got {initial_out_features!r}"
+            )
         self.features = mlp_trunk(input_size, hidden, dropout)
         width = int(hidden[-1])
         if init == "paper":
@@ -227,7 +235,9 @@ def make_model(
             initial_out_features=min(info.classes_per_task),
             init=init,
         )
-    return SingleHeadMLP(input_size, info.max_classes_per_task, hidden=hidden, dropout=dropout, init=init)
+    return SingleHeadMLP(
+        input_size, info.max_classes_per_task, hidden=hidden, dropout=dropout, init=init
+    )
 
 
 def _check_init(init: str) -> None:
@@ -241,5 +251,9 @@ def _check_mlp_args(input_size: int, hidden: Sequence[int], dropout: float) -> N
     widths = list(hidden) if isinstance(hidden, Sequence) and not isinstance(hidden, str) else None
     if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
         raise ValueError(f"hidden must be a non-empty sequence of ints >= 1, got {hidden!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+    if (
+        isinstance(dropout, bool)
+        or not isinstance(dropout, (int, float))
+        or not 0.0 <= dropout < 1.0
+    ):
         raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")

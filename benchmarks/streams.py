@@ -90,7 +90,9 @@ def available_benchmarks() -> list[str]:
     return list(_REGISTRY)
 
 
-def benchmark_info(name: str, *, n_tasks: int | None = None, image_size: int | None = None) -> BenchmarkInfo:
+def benchmark_info(
+    name: str, *, n_tasks: int | None = None, image_size: int | None = None
+) -> BenchmarkInfo:
     """Static description of benchmark ``name`` (no data is loaded).
 
     Args:
@@ -199,7 +201,8 @@ def make_benchmark(
         or not 0.0 < validation_fraction < 1.0
     ):
         raise ValueError(
-            f"validation_fraction must be a number strictly between 0 and 1, got {validation_fraction!r}"
+            "validation_fraction must be a number strictly between 0 and 1, "
+            f"got {validation_fraction!r}"
         )
     info = _with_image_size(_resize(spec, n_tasks), options.get("image_size"))
     if data_root is not None and not isinstance(data_root, (str, os.PathLike)):

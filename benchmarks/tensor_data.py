@@ -181,7 +181,8 @@ def _check_idx_files(class_name: str, raw: Path) -> None:
         if images != labels:
             raise DatasetCorruptError(
                 f"{class_name} files in {raw} do not match: {split}-images-idx3-ubyte holds {images} "
-                f"images but {split}-labels-idx1-ubyte {labels} labels. " + _refetch_hint(class_name, raw)
+                f"images but {split}-labels-idx1-ubyte {labels} labels. "
+                + _refetch_hint(class_name, raw)
             )
 
 
