@@ -613,6 +613,15 @@ class _UnusedHead(nn.Module):
         return self.used(torch.tanh(self.trunk(x)))
 
 
+def _float64_and_bfloat16_heads():
+    """The same ``_UnusedHead`` in float64 and bfloat16, and 768 float64 inputs (seeded)."""
+    torch.manual_seed(0)
+    exact = _UnusedHead().double()
+    half = _UnusedHead().to(torch.bfloat16)
+    half.load_state_dict(exact.state_dict())
+    return exact, half, torch.randn(768, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -624,11 +633,7 @@ class _UnusedHead(nn.Module):
 def test_half_precision_models_accumulate_in_float32(options):
     # 768 batches of one sample: a bfloat16 running sum (8-bit mantissa) stops growing after a few
     # hundred similar terms, so accumulating in the model's dtype would be far off the float64 values.
-    torch.manual_seed(0)
-    exact = _UnusedHead().double()
-    half = _UnusedHead().to(torch.bfloat16)
-    half.load_state_dict(exact.state_dict())
-    x = torch.randn(768, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    exact, half, x = _float64_and_bfloat16_heads()
     reference = entropy_importance(exact, x.split(1), **options)
     omega = entropy_importance(half, x.to(torch.bfloat16).split(1), **options)
     assert {o.dtype for o in omega.values()} == {torch.bfloat16}  # returned in the model's dtype
@@ -868,11 +873,7 @@ def test_half_precision_sums_within_a_large_batch_in_float32(budget, monkeypatch
     assert _acc_dtype(torch.zeros(1).double()) == torch.float64
     if budget is not None:  # 36 scalars: one sample per chunk, 768 chunks summed into the batch sums
         monkeypatch.setattr(gradients, "_PER_SAMPLE_BUDGET", budget)
-    torch.manual_seed(0)
-    exact = _UnusedHead().double()
-    half = _UnusedHead().to(torch.bfloat16)
-    half.load_state_dict(exact.state_dict())
-    x = torch.randn(768, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    exact, half, x = _float64_and_bfloat16_heads()
     options = {"fisher": "per_sample", "clamp": "experience"}
     reference = _entropy_importance(exact, [x], **options)
     omega = _entropy_importance(half, [x.to(torch.bfloat16)], **options)  # one batch of 768
@@ -966,11 +967,7 @@ def test_chunk_size_is_refused_with_the_per_sample_fisher_which_it_would_not_rea
 
 @pytest.mark.parametrize("clamp", ["batch", "experience"])
 def test_half_precision_chunks_are_summed_in_float32(clamp):
-    torch.manual_seed(0)
-    exact = _UnusedHead().double()
-    half = _UnusedHead().to(torch.bfloat16)
-    half.load_state_dict(exact.state_dict())
-    x = torch.randn(768, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    exact, half, x = _float64_and_bfloat16_heads()
     options = {"fisher": "batch", "clamp": clamp, "taylor_of": "second_order"}
     reference = _entropy_importance(exact, [x], **options)  # one batch of 768, whole
     omega = _entropy_importance(half, [x.to(torch.bfloat16)], chunk_size=1, **options)  # 768 chunks

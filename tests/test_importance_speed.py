@@ -7,6 +7,19 @@ import json
 from benchmarks.importance_speed import FORMS, main
 
 
+def _spy_on_entropy_importance(monkeypatch, with_args=False):
+    """Every call of ``entropy_importance`` the benchmark makes: its keywords (and args if asked)."""
+    import benchmarks.importance_speed as speed
+
+    seen = []
+    real = speed.entropy_importance
+    record = (lambda a, k: (a, k)) if with_args else (lambda a, k: k)
+    monkeypatch.setattr(
+        speed, "entropy_importance", lambda *a, **k: seen.append(record(a, k)) or real(*a, **k)
+    )
+    return seen
+
+
 def test_importance_speed_writes_every_form_and_its_cost_in_epochs(tmp_path):
     out = tmp_path / "speed.json"
     assert main(["--models", "mlp", "--samples", "16", "--train-steps", "1", "--out", str(out)]) == 0
@@ -24,11 +37,8 @@ def test_importance_speed_writes_every_form_and_its_cost_in_epochs(tmp_path):
 
 
 def test_the_per_sample_backend_reaches_every_timed_pass(tmp_path, monkeypatch):
-    import benchmarks.importance_speed as speed
 
-    seen = []
-    real = speed.entropy_importance
-    monkeypatch.setattr(speed, "entropy_importance", lambda *a, **k: seen.append(k) or real(*a, **k))
+    seen = _spy_on_entropy_importance(monkeypatch)
     out = tmp_path / "speed.json"
     argv = ["--models", "mlp", "--samples", "8", "--train-steps", "1", "--out", str(out)]
     assert main([*argv, "--per-sample-backend", "vmap"]) == 0
@@ -41,11 +51,7 @@ def test_the_per_sample_backend_reaches_every_timed_pass(tmp_path, monkeypatch):
 def test_taylor_of_and_the_importance_batch_reach_every_timed_pass(tmp_path, monkeypatch, capsys):
     import pytest
 
-    import benchmarks.importance_speed as speed
-
-    seen = []
-    real = speed.entropy_importance
-    monkeypatch.setattr(speed, "entropy_importance", lambda *a, **k: seen.append((a, k)) or real(*a, **k))
+    seen = _spy_on_entropy_importance(monkeypatch, with_args=True)
     out = tmp_path / "speed.json"
     argv = ["--models", "mlp", "--samples", "8", "--train-steps", "1", "--out", str(out)]
     assert main([*argv, "--taylor-of", "entropy", "--importance-batch-size", "3"]) == 0
@@ -58,11 +64,8 @@ def test_taylor_of_and_the_importance_batch_reach_every_timed_pass(tmp_path, mon
 
 
 def test_the_timed_pass_chunks_importance_batches_by_the_training_batch_as_the_plugin(tmp_path, monkeypatch):
-    import benchmarks.importance_speed as speed
 
-    seen = []
-    real = speed.entropy_importance
-    monkeypatch.setattr(speed, "entropy_importance", lambda *a, **k: seen.append(k) or real(*a, **k))
+    seen = _spy_on_entropy_importance(monkeypatch)
     out = tmp_path / "speed.json"
     argv = ["--models", "mlp", "--samples", "8", "--train-steps", "1", "--out", str(out)]
     assert main(argv) == 0
