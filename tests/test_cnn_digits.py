@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from avalanche_spp import SPPPlugin
 from benchmarks.cnn_digits import main, plugins_for
@@ -38,3 +39,66 @@ def test_bad_strengths_are_refused(lams, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--lams", lams, "--out", str(tmp_path / "s.json")])
     assert "--lams" in capsys.readouterr().err
+
+
+def _fake_fashion_mnist(per_class: int = 12, test_per_class: int = 3):
+    """A stand-in for Fashion-MNIST: per class ``per_class`` training images whose every pixel is
+    the image's own index (so an image can be traced), ``test_per_class`` test images."""
+    from benchmarks.tensor_data import _Arrays
+
+    train_y = torch.arange(10).repeat_interleave(per_class)
+    test_y = torch.arange(10).repeat_interleave(test_per_class)
+    index = torch.arange(len(train_y), dtype=torch.float32)[:, None].expand(-1, 784)
+    return _Arrays(index.clone(), train_y, torch.zeros(len(test_y), 784), test_y, scale=1.0)
+
+
+@pytest.fixture
+def small_fmnist(monkeypatch):
+    import benchmarks.tensor_data as tensor_data
+    from benchmarks import cnn_digits
+
+    monkeypatch.setattr(tensor_data, "_load_fashion_mnist", lambda root, download=True: _fake_fashion_mnist())
+    cnn_digits.fmnist_images.cache_clear()
+    yield cnn_digits
+    cnn_digits.fmnist_images.cache_clear()
+
+
+def _images(dataset) -> tuple[set[int], list[int]]:
+    """The traced indices (pixel value) and the labels of a stream's dataset."""
+    items = [dataset[k] for k in range(len(dataset))]
+    return {int(x[0, 0, 0]) for x, *_ in items}, [int(y) for _, y, *_ in items]
+
+
+def test_fmnist_validation_is_held_out_training_images_and_test_the_test_set(small_fmnist, monkeypatch):
+    monkeypatch.setattr(small_fmnist, "FMNIST_VALIDATION", 4)
+    validation = small_fmnist.fmnist_images("validation", train_limit=10)
+    test = small_fmnist.fmnist_images("test", train_limit=10)
+    seen_train, seen_validation = set(), set()
+    for task in range(5):
+        train_ids, train_labels = _images(validation.train_stream[task].dataset)
+        held_ids, held_labels = _images(validation.test_stream[task].dataset)
+        assert len(train_ids) == 10 and len(held_ids) == 4  # train_limit and FMNIST_VALIDATION per task
+        assert sorted(train_labels) == [0] * 5 + [1] * 5 and sorted(held_labels) == [0, 0, 1, 1]  # halves
+        assert {i // 12 for i in train_ids | held_ids} == {2 * task, 2 * task + 1}  # the task's classes
+        seen_train |= train_ids
+        seen_validation |= held_ids
+        assert _images(test.train_stream[task].dataset)[0] == train_ids  # the same training images
+        assert len(test.test_stream[task].dataset) == 6  # the test set's 3 + 3 images
+    assert not seen_train & seen_validation  # validation images are never trained on
+
+
+def test_fmnist_train_limit_that_leaves_no_validation_is_refused(small_fmnist, capsys, monkeypatch):
+    monkeypatch.setattr(small_fmnist, "FMNIST_VALIDATION", 4)
+    assert len(small_fmnist.fmnist_images("validation", train_limit=20).train_stream[0].dataset) == 20
+    with pytest.raises(ValueError, match="use at most 20"):  # 12 per class, 2 of them held out
+        small_fmnist.fmnist_images("validation", train_limit=21)
+    with pytest.raises(SystemExit):
+        small_fmnist.main(["--stream", "fmnist", "--train-limit", "21", "--out", "/nonexistent/s.json"])
+    assert "leaves fewer than 4 validation images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [["--split", "validation"], ["--train-limit", "100"]])
+def test_digits_has_one_split_and_no_train_limit(flags, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--lams", "0", "--out", str(tmp_path / "s.json"), *flags])
+    assert "apply to --stream fmnist only" in capsys.readouterr().err
