@@ -208,8 +208,9 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
         model = _unwrap(strategy.model)
         _check_not_empty(strategy, strategy.experience.dataset)
         start = time.perf_counter()
-        self._chunk_size = mb if _is_positive_int(mb := getattr(strategy, "train_mb_size", None)) else None
-        omega = self._importance(model, self._importance_batches(strategy, model))
+        mb = getattr(strategy, "train_mb_size", None)  # the batch Fisher's chunks: a training step's size
+        chunk = mb if _is_positive_int(mb) and self.fisher == "batch" else None
+        omega = self._importance(model, self._importance_batches(strategy, model), chunk_size=chunk)
         self.importance_time_s.append(time.perf_counter() - start)
         self.update(model, omega)
 
@@ -224,7 +225,6 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             clamp=self.clamp,
             fisher=self.fisher,
             all_reduce=_all_reduce_if_distributed(),
-            chunk_size=getattr(self, "_chunk_size", None) if self.fisher == "batch" else None,
             **options,
         )
 

@@ -169,23 +169,26 @@ class SPPVariantPlugin(SPPPlugin):
             omegas = [o * c for o in omegas]
         return params, anchors, omegas
 
-    def _importance(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, Tensor]:
-        """SPP's importance (of the tempered entropy if ``temperature != 1``), or MAS's."""
+    def _importance(self, model: nn.Module, batches: Iterable[Any], **options: Any) -> dict[str, Tensor]:
+        """SPP's importance (of the tempered entropy if ``temperature != 1``), or MAS's; ``options``
+        (the plugin's ``chunk_size``) go to ``entropy_importance``."""
         if self.stiffness == "curvature" or self.measure_curvature:
             kept: list[Any] = []
             batches = _tap(batches, kept, self.curvature_samples)
-            omega = self._variant_importance(model, batches)
+            omega = self._variant_importance(model, batches, **options)
             self.curvatures.append(expected_fisher_mean(model, kept, self.curvature_samples))
             return omega
-        return self._variant_importance(model, batches)
+        return self._variant_importance(model, batches, **options)
 
-    def _variant_importance(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, Tensor]:
+    def _variant_importance(
+        self, model: nn.Module, batches: Iterable[Any], **options: Any
+    ) -> dict[str, Tensor]:
         if self.importance == "output_norm":
             return output_norm_importance(model, batches)
         if self.temperature == 1.0:
-            return super()._importance(model, batches)
+            return super()._importance(model, batches, **options)
         return super()._importance(
-            model, batches, entropy_fn=partial(tempered_entropy, temperature=self.temperature)
+            model, batches, entropy_fn=partial(tempered_entropy, temperature=self.temperature), **options
         )
 
     def update(self, model: nn.Module, omega: dict[str, Tensor]) -> None:

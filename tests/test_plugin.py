@@ -584,7 +584,11 @@ def test_importance_samples_limits_the_inputs_the_pass_sees():
     assert subset == 10 and whole == len(bench.train_stream[0].dataset) > 10
 
 
-def test_the_importance_pass_sends_at_most_a_training_batch_through_the_model():
+@pytest.mark.parametrize("variant", [None, {"temperature": 2.0}, {"measure_curvature": True}])
+def test_the_importance_pass_sends_at_most_a_training_batch_through_the_model(variant):
+    from benchmarks.spp_variants import SPPVariantPlugin  # the harness's subclass passes it on too
+
+    make = SPPPlugin if variant is None else lambda: SPPVariantPlugin(**variant, curvature_samples=1)
     bench = _stream()
     model = MTSimpleMLP(input_size=8, hidden_size=16)
     _strategy(model, [], epochs=1).train(bench.train_stream[0])
@@ -592,15 +596,15 @@ def test_the_importance_pass_sends_at_most_a_training_batch_through_the_model():
     handle = model.features.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
     experience = bench.train_stream[0]
     try:
-        chunked = SPPPlugin()
+        chunked = make()
         chunked.after_training_exp(SimpleNamespace(model=model, experience=experience, train_mb_size=16))
-        chunks = list(seen)
+        chunks = [n for n in seen if n > 1]  # measure_curvature's Fisher sends one input at a time
         seen.clear()
-        whole = SPPPlugin()  # a strategy with no train_mb_size: whole importance batches
+        whole = make()  # a strategy with no train_mb_size: whole importance batches
         whole.after_training_exp(SimpleNamespace(model=model, experience=experience))
     finally:
         handle.remove()
-    assert len(experience.dataset) == 60 and chunks == [16, 16, 16, 12] and seen == [60]
+    assert len(experience.dataset) == 60 and chunks == [16, 16, 16, 12] and [n for n in seen if n > 1] == [60]
     for name, omega in whole.omega.items():  # float32 sums in another order: equal up to rounding
         error = float((chunked.omega[name] - omega).abs().max())
         assert error <= 1e-5 * float(omega.abs().max()), (name, error)
