@@ -166,24 +166,31 @@ def measure(lam: float, seeds: Sequence[int], mask_mean: str = "all", **run: Any
 
 
 def render(result: dict[str, Any]) -> str:
+    """The table of ``result``: every seed, medians, means, and each strength's shortfall from the
+    best mean ACC of the SPP strengths (``lam > 0``; Naive has none)."""
+    best = max((np.mean(r["acc"]) for r in result["rows"] if r["lam"] > 0), default=np.nan)
     lines = [
-        f"Command: `{result['command']}` ({result.get('split', 'test')} split; lam 0 is Naive; mask "
-        f"mean {result.get('mask_mean', 'all')}).",
+        "Command: "
+        + "; ".join(f"`{c}`" for c in result.get("commands", [result["command"]]))
+        + f" ({result.get('split', 'test')} split; lam 0 is Naive; mask mean "
+        + f"{result.get('mask_mean', 'all')}).",
         "",
-        "| lam | ACC per seed (%) | BWT per seed (%) | median ACC / BWT | mean ACC / BWT |",
-        "|---|---|---|---|---|",
+        "| lam | ACC per seed (%) | BWT per seed (%) | median ACC / BWT | mean ACC / BWT | shortfall |",
+        "|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         acc = " ".join(f"{v:.1f}" for v in row["acc"])
         bwt = " ".join(f"{v:.1f}" for v in row["bwt"])
+        shortfall = f"{best - np.mean(row['acc']):.2f}" if row["lam"] > 0 else ""
         lines.append(
             f"| {row['lam']:g} | {acc} | {bwt} | {row['median_acc']:.1f} / {row['median_bwt']:.1f} "
-            f"| {np.mean(row['acc']):.2f} / {np.mean(row['bwt']):.2f} |"
+            f"| {np.mean(row['acc']):.2f} / {np.mean(row['bwt']):.2f} | {shortfall} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _options(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str, Any], list[float], list[int]]:
+    """The command line: its namespace, the stream's options of :func:`cnn_run`, strengths, seeds."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cnn_digits", description=__doc__)
     parser.add_argument("--lams", default="0,3,100", help="comma list of strengths; 0 is Naive")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma list of seeds")
@@ -196,6 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=SPLITS, help="fmnist only: validation")
     parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     parser.add_argument("--train-limit", type=int, help=f"fmnist only (default {FMNIST_TRAIN_LIMIT})")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="keep the strengths --out already holds (same stream, options and seeds) and add the others",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.stream == "digits" and (args.split != "test" or args.train_limit is not None):
         parser.error("--split validation and --train-limit apply to --stream fmnist only (digits: one split)")
@@ -215,18 +226,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--lams and --seeds must be comma lists of numbers: {error}")
     if any(not np.isfinite(lam) or lam < 0 for lam in lams):
         parser.error(f"--lams must be finite and >= 0, got {args.lams}")
+    return args, run, lams, seeds
+
+
+def _kept(out: Path, settings: dict[str, Any], seeds: list[int]) -> tuple[list[str], dict[float, Any]]:
+    """``--resume``: the commands and the rows (by strength) of an earlier run of the same stream."""
+    if not out.exists():
+        return [], {}
+    old = json.loads(out.read_text())
+    differ = [key for key, value in settings.items() if old.get(key) != value]
+    if any(row["seeds"] != seeds for row in old["rows"]):
+        differ.append("seeds")
+    if differ:
+        raise SystemExit(
+            f"python -m benchmarks.cnn_digits: error: --resume: {out} holds runs whose "
+            f"{', '.join(differ)} differ from this command's; use another --out"
+        )
+    return old.get("commands", [old["command"]]), {row["lam"]: row for row in old["rows"]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, run, lams, seeds = _options(argv)
     torch.set_num_threads(1)
     command = "python -m benchmarks.cnn_digits " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
+    settings = {"mask_mean": args.mask_mean, **run}
+    commands, rows = _kept(out, settings, seeds) if args.resume else ([], {})
     for lam in lams:  # written after each strength: a run cut short keeps what it measured
-        rows.append(measure(lam, seeds, args.mask_mean, **run))
+        if lam in rows:
+            continue
+        rows[lam] = measure(lam, seeds, args.mask_mean, **run)
         print(
-            f"lam {lam:g}: median ACC {rows[-1]['median_acc']:.1f}, BWT {rows[-1]['median_bwt']:.1f}",
+            f"lam {lam:g}: median ACC {rows[lam]['median_acc']:.1f}, BWT {rows[lam]['median_bwt']:.1f}",
             flush=True,
         )
-        result = {"command": command, "mask_mean": args.mask_mean, **run, "rows": rows}
+        result = {
+            "command": command,
+            "commands": [*commands, command],
+            **settings,
+            "rows": [rows[k] for k in sorted(rows)],
+        }
         out.write_text(json.dumps(result, indent=2) + "\n")
         out.with_suffix(".md").write_text(render(result))
     return 0

@@ -102,3 +102,31 @@ def test_digits_has_one_split_and_no_train_limit(flags, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--lams", "0", "--out", str(tmp_path / "s.json"), *flags])
     assert "apply to --stream fmnist only" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_strengths_measured_and_refuses_another_stream(tmp_path, monkeypatch):
+    from benchmarks import cnn_digits
+
+    calls = []
+
+    def fake_measure(lam, seeds, mask_mean="all", **run):
+        calls.append(lam)
+        return {"lam": lam, "seeds": list(seeds), "acc": [90.0 + lam], "bwt": [-lam],
+                "median_acc": 90.0 + lam, "median_bwt": -lam}  # fmt: skip
+
+    monkeypatch.setattr(cnn_digits, "measure", fake_measure)
+    out = tmp_path / "s.json"
+    assert main(["--lams", "3,0", "--seeds", "0", "--out", str(out)]) == 0
+    assert main(["--lams", "0,3,1", "--seeds", "0", "--out", str(out), "--resume"]) == 0
+    result = json.loads(out.read_text())
+    assert calls == [3.0, 0.0, 1.0]  # 0 and 3 kept, only 1 measured again
+    assert [row["lam"] for row in result["rows"]] == [0.0, 1.0, 3.0] and len(result["commands"]) == 2
+    table = out.with_suffix(".md").read_text()
+    assert "| 1 | 91.0 |" in table and table.count("`python -m benchmarks.cnn_digits") == 2
+    assert "| 1 | 91.0 | -1.0 | 91.0 / -1.0 | 91.00 / -1.00 | 2.00 |" in table  # 2 below lam 3's 93
+    assert main(["--lams", "3", "--seeds", "0", "--out", str(out)]) == 0  # no --resume: starts over
+    assert [row["lam"] for row in json.loads(out.read_text())["rows"]] == [3.0]
+    with pytest.raises(SystemExit, match="seeds differ"):
+        main(["--lams", "3", "--seeds", "0,1", "--out", str(out), "--resume"])
+    with pytest.raises(SystemExit, match="optimizer differ from this command's; use another --out"):
+        main(["--lams", "3", "--seeds", "0", "--optimizer", "adam", "--out", str(out), "--resume"])
