@@ -29,13 +29,9 @@ _PER_SAMPLE_BUDGET = 2**25
 
 
 def _per_sample_sums(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    forward: ForwardFn,
-    entropy_fn: EntropyFn,
-    inputs: tuple,
+    model: nn.Module, params: Mapping[str, Tensor], forward: ForwardFn, entropy_fn: EntropyFn, inputs: tuple,
     opts: Any,
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:  # fmt: skip
     """``sum_n g_n`` and ``sum_n g_n**2`` over one batch: the linear shortcut where it holds, else vmap."""
     recorded = _linear_shortcut(model, params, forward, entropy_fn, inputs, opts.linear_layers)
     if recorded is not None:
@@ -81,13 +77,9 @@ def _linear_layers_covering(model: nn.Module, params: Mapping[str, Tensor]) -> l
 
 
 def _linear_shortcut(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    forward: ForwardFn,
-    entropy_fn: EntropyFn,
-    inputs: tuple,
+    model: nn.Module, params: Mapping[str, Tensor], forward: ForwardFn, entropy_fn: EntropyFn, inputs: tuple,
     layers: list[nn.Linear] | None,
-) -> dict[nn.Linear, tuple[Tensor, Tensor]] | None:
+) -> dict[nn.Linear, tuple[Tensor, Tensor]] | None:  # fmt: skip
     """Each called layer's inputs ``a`` (B, in) and output gradients ``d`` (B, out) of the summed entropy.
 
     In eval mode each sample's entropy depends on that sample only, so row ``n`` of ``d`` is sample
@@ -167,13 +159,9 @@ def _linear_sums(
 
 
 def _vmap_grad_chunks(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    forward: ForwardFn,
-    entropy_fn: EntropyFn,
-    inputs: tuple,
+    model: nn.Module, params: Mapping[str, Tensor], forward: ForwardFn, entropy_fn: EntropyFn, inputs: tuple,
     n_scalars: int,
-) -> Iterator[tuple[str, Tensor]]:
+) -> Iterator[tuple[str, Tensor]]:  # fmt: skip
     """Per-sample gradients of any model with ``torch.func.vmap``, a chunk of samples at a time."""
     wrapper = _ForwardModule(model, forward)
     detached = {"model." + name: p.detach() for name, p in params.items()}

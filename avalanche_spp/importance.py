@@ -174,16 +174,9 @@ class _ImportanceOptions:
 
     @classmethod
     def checked(
-        cls,
-        model: Any,
-        batches: Any,
-        taylor_of: str,
-        clamp: str,
-        fisher: str,
-        max_batches: Any,
-        per_sample_backend: str,
-        chunk_size: Any = None,
-    ) -> _ImportanceOptions:
+        cls, model: Any, batches: Any, taylor_of: str, clamp: str, fisher: str, max_batches: Any,
+        per_sample_backend: str, chunk_size: Any = None,
+    ) -> _ImportanceOptions:  # fmt: skip
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         _check_batches(batches)

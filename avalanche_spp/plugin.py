@@ -10,9 +10,9 @@ The math lives in :mod:`avalanche_spp.importance`; this module wires it into Ava
 
 from __future__ import annotations
 
-import logging
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,8 +38,6 @@ from avalanche_spp.importance import (
     trainable_parameters,
 )
 from avalanche_spp.penalty import add_spp_penalty_grad_, mean_importance, scaled_importance, spp_penalty
-
-log = logging.getLogger(__name__)
 
 # Avalanche's save_checkpoint / maybe_load_checkpoint dill-pickle the whole strategy; with
 # avalanche-lib 0.6.0 and current typing_extensions that fails on a sentinel object unless dill
@@ -168,6 +166,8 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                 "nothing to learn, measure or protect; unfreeze some parameters"
             )
         self._penalty_terms = None  # rebuilt lazily on the first step (heads may have changed)
+        if self.scale == "saturate":  # M < 1: the bound below holds whatever Omega
+            _warn_if_sgd_unstable(self.lam, getattr(strategy, "optimizer", None))
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         """``penalty_via="loss"``: ``strategy.loss += lam * sum Omega (W - W*)^2`` (paper eq. 5)."""
@@ -387,6 +387,21 @@ def _check_strength(lam: Any) -> float:
             "0 disables the penalty; the paper found 0.5-4 stable on MNIST."
         )
     return float(lam)
+
+
+def _warn_if_sgd_unstable(lam: float, optimizer: Any) -> None:
+    """SGD (rate ``eta``, momentum ``mu``) follows ``lam * M (W - W*)**2``, ``M < 1``, stably only for
+    ``lam < (1 + mu) / eta`` (docs/method.md, section 3): warn, once, where a group breaks it."""
+    for group in optimizer.param_groups if isinstance(optimizer, torch.optim.SGD) else []:
+        lr, momentum = float(group["lr"]), float(group.get("momentum", 0.0))
+        if lr > 0 and lam >= (limit := (1.0 + momentum) / lr):
+            warnings.warn(
+                f"SPPPlugin(lam={lam:g}) with SGD lr {lr:g}, momentum {momentum:g}: SGD follows the "
+                f"penalty stably only for lam < (1 + momentum) / lr = {limit:.3g}, so training may "
+                "diverge; use a smaller lam or learning rate",
+                stacklevel=2,
+            )
+            return
 
 
 def _is_positive_int(value: Any) -> bool:

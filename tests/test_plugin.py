@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +22,7 @@ from torch.utils.data import TensorDataset
 
 from avalanche_spp import SPPPlugin
 from avalanche_spp.importance import entropy_importance
+from avalanche_spp.penalty import add_spp_penalty_grad_
 
 torch.set_num_threads(1)
 
@@ -911,3 +913,42 @@ def test_state_round_trip_keeps_the_times_and_a_state_without_settings_keeps_the
     old = SPPPlugin(scale="raw")
     old.load_state_dict(bare)
     assert old.scale == "raw" and old.importance_time_s == [] and set(old.omega) == set(plugin.omega)
+
+
+def _penalty_only_sgd(lam: float, lr: float, momentum: float, steps: int = 200) -> float:
+    """|W - W*| after ``steps`` SGD steps on ``lam * M (W - W*)**2`` alone, from W - W* = 1, through
+    the plugin's mask and gradient path. One weight: ``m`` is its own Omega, so ``M = 1/2``."""
+    model = nn.Linear(1, 1, bias=False)
+    plugin = SPPPlugin(lam=lam)
+    plugin.omega = {"weight": torch.tensor([[999.0]])}
+    plugin.anchor = {"weight": torch.zeros(1, 1)}
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    params, anchors, masks = plugin.penalty_terms(model)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model.weight.grad = torch.zeros_like(model.weight)
+        add_spp_penalty_grad_(params, anchors, masks, lam)
+        optimizer.step()
+    return float(model.weight.detach().abs().max())
+
+
+@pytest.mark.parametrize("lr, momentum", [(0.1, 0.0), (0.1, 0.9), (0.01, 0.9)])
+def test_sgd_stability_bound_of_the_saturating_penalty_and_its_warning(lr, momentum):
+    limit = (1 + momentum) / lr  # lam * M < limit: stable (docs/method.md, section 3)
+    mask = 0.5  # M of the helper's single weight
+    assert _penalty_only_sgd(0.9 * limit / mask, lr, momentum) < 1e-2  # lam M below the bound: back to W*
+    assert not _penalty_only_sgd(1.1 * limit / mask, lr, momentum) < 1e3  # just above it: diverges (or NaN)
+    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=lr, momentum=momentum)
+    strategy = SimpleNamespace(model=nn.Linear(1, 1), optimizer=optimizer)
+    with pytest.warns(UserWarning, match=f"lam < \\(1 \\+ momentum\\) / lr = {limit:.3g}"):
+        SPPPlugin(lam=limit).before_training_exp(strategy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SPPPlugin(lam=0.99 * limit).before_training_exp(strategy)  # below the bound: silent
+        SPPPlugin(lam=limit, scale="raw").before_training_exp(strategy)  # unbounded M: no such bound
+        adam = SimpleNamespace(
+            model=nn.Linear(1, 1), optimizer=torch.optim.Adam(nn.Linear(1, 1).parameters())
+        )
+        SPPPlugin(lam=1e6).before_training_exp(adam)  # Adam has no such limit
