@@ -38,7 +38,7 @@ PER_SAMPLE_BACKENDS = ("auto", "vmap")
 DEFAULT_TAYLOR_OF = "second_order"
 DEFAULT_CLAMP = "batch"
 DEFAULT_FISHER = "batch"
-DEFAULT_LAM = 3.0
+DEFAULT_LAM = 10.0
 DEFAULT_SCALE = "saturate"
 
 SCALES = ("raw", "mean", "saturate")

@@ -56,7 +56,7 @@ STRENGTH_GRIDS: dict[str, tuple[float, ...]] = {
     "si": (0.01, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4),
     "mas": (1e-3, 0.01, 0.1, 1.0, 10.0, 100.0, 1e3),
     "lwf": (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
-    "spp": (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0),  # about half a decade apart around DEFAULT_LAM = 3
+    "spp": (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0),  # half a decade apart around DEFAULT_LAM = 10
 }
 """Default validation grids: the same number of points (7) for every method, centred on its default.
 
