@@ -103,9 +103,10 @@ def fmnist_images(split: str = "test", train_limit: int = FMNIST_TRAIN_LIMIT) ->
 
 def cnn_run(
     plugins: list[Any], seed: int, stream: str = "digits", split: str = "test", optimizer: str = "sgd",
-    train_limit: int = FMNIST_TRAIN_LIMIT,
+    train_limit: int = FMNIST_TRAIN_LIMIT, epochs: int | None = None,
 ) -> np.ndarray:  # fmt: skip
-    """A narrow VGG-9, one head per task, trained with ``plugins``; returns ``P[j][i]`` on ``split``."""
+    """A narrow VGG-9, one head per task, trained with ``plugins``; returns ``P[j][i]`` on ``split``
+    (``epochs`` per task: None for the stream's own, 3 for digits and 2 for fmnist)."""
     from avalanche.training import Naive
 
     from benchmarks.cnn import MultiHeadCNN, TaskHeads
@@ -113,9 +114,9 @@ def cnn_run(
 
     torch.manual_seed(seed)
     if stream == "digits":
-        tasks, shape, batch, epochs = digit_images(), (3, 8, 8), 32, 3
+        tasks, shape, batch, own_epochs = digit_images(), (3, 8, 8), 32, 3
     else:
-        tasks, shape, batch, epochs = fmnist_images(split, train_limit), (1, 28, 28), 128, 2
+        tasks, shape, batch, own_epochs = fmnist_images(split, train_limit), (1, 28, 28), 128, 2
     trunk = VGG9Features(shape, dropout=0.0, channels=(16, 16, 32, 32, 64, 64), hidden=128)
     model = MultiHeadCNN(trunk, TaskHeads(functools.partial(_linear_head, 128), initial_classes=2))
     if optimizer == "sgd":
@@ -124,7 +125,7 @@ def cnn_run(
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     strategy = Naive(
         model=model, optimizer=opt, criterion=torch.nn.CrossEntropyLoss(), train_mb_size=batch,
-        train_epochs=epochs, plugins=plugins, evaluator=None,
+        train_epochs=epochs or own_epochs, plugins=plugins, evaluator=None,
     )  # fmt: skip
     n = len(tasks.train_stream)
     matrix = np.zeros((n, n))
@@ -203,6 +204,7 @@ def _options(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str, 
     parser.add_argument("--split", default="test", choices=SPLITS, help="fmnist only: validation")
     parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     parser.add_argument("--train-limit", type=int, help=f"fmnist only (default {FMNIST_TRAIN_LIMIT})")
+    parser.add_argument("--epochs", type=int, help="epochs per task (default: digits 3, fmnist 2)")
     parser.add_argument(
         "--resume", action="store_true",
         help="keep the strengths --out already holds (same stream, options and seeds) and add the others",
@@ -212,7 +214,9 @@ def _options(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str, 
         parser.error("--split validation and --train-limit apply to --stream fmnist only (digits: one split)")
     if args.train_limit is not None and args.train_limit < 1:
         parser.error(f"--train-limit must be a positive number of images per task, got {args.train_limit}")
-    run = {"stream": args.stream, "split": args.split, "optimizer": args.optimizer}
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be a positive number of epochs per task, got {args.epochs}")
+    run = {"stream": args.stream, "split": args.split, "optimizer": args.optimizer, "epochs": args.epochs}
     run["train_limit"] = args.train_limit or FMNIST_TRAIN_LIMIT
     if args.stream == "fmnist":
         try:

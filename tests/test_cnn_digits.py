@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,3 +131,23 @@ def test_resume_keeps_the_strengths_measured_and_refuses_another_stream(tmp_path
         main(["--lams", "3", "--seeds", "0,1", "--out", str(out), "--resume"])
     with pytest.raises(SystemExit, match="optimizer differ from this command's; use another --out"):
         main(["--lams", "3", "--seeds", "0", "--optimizer", "adam", "--out", str(out), "--resume"])
+
+
+def test_epochs_reach_the_run_and_are_checked(tmp_path, monkeypatch, capsys):
+    from benchmarks import cnn_digits
+
+    seen = []
+
+    def fake_run(plugins, seed, **run):
+        seen.append(run)
+        return np.eye(5)
+
+    monkeypatch.setattr(cnn_digits, "cnn_run", fake_run)
+    out = tmp_path / "s.json"
+    assert main(["--lams", "0", "--seeds", "0", "--epochs", "5", "--out", str(out)]) == 0
+    expected = {"stream": "digits", "split": "test", "optimizer": "sgd", "epochs": 5, "train_limit": 4000}
+    assert seen == [expected]
+    assert json.loads(out.read_text())["epochs"] == 5
+    with pytest.raises(SystemExit):
+        main(["--lams", "0", "--epochs", "0", "--out", str(out)])
+    assert "--epochs must be a positive number" in capsys.readouterr().err
