@@ -2,7 +2,7 @@
 
     python -m benchmarks.cnn_digits --lams 0,3,10,30,100 --seeds 0,1,2,3,4 \\
         --out docs/results/cnn_digits/summary.json
-    python -m benchmarks.cnn_digits --stream fmnist --split validation --lams 0,0.3,1,3,10,30,100 \\
+    python -m benchmarks.cnn_digits --stream fmnist --split validation --lams 0,1,3,5,10,30,100 \\
         --seeds 0 --out docs/results/cnn_fmnist/validation_sgd.json
 
 The paper's trunk (VGG-9 with BN, fewer channels: 16-16-32-32-64-64, fc 128) with one head per
