@@ -392,15 +392,17 @@ def _check_strength(lam: Any) -> float:
 
 
 def _warn_if_sgd_unstable(lam: float, optimizer: Any) -> None:
-    """SGD (rate ``eta``, momentum ``mu``) follows ``lam * M (W - W*)**2``, ``M < 1``, stably only for
-    ``lam < (1 + mu) / eta`` (docs/method.md, section 3): warn, once, where a group breaks it."""
+    """SGD (rate ``eta``, momentum ``mu``, dampening ``d``) follows ``lam * M (W - W*)**2``, ``M < 1``,
+    stably only for ``lam < (1 + mu) / (eta (1 - d))``, with Nesterov ``(1 + mu) / (eta (1 + 2 mu))``
+    (docs/method.md, section 3): warn, once, where a group breaks it."""
     for group in optimizer.param_groups if isinstance(optimizer, torch.optim.SGD) else []:
-        lr, momentum = float(group["lr"]), float(group.get("momentum", 0.0))
-        if lr > 0 and lam >= (limit := (1.0 + momentum) / lr):
+        lr, mu, damp = float(group["lr"]), float(group.get("momentum", 0)), float(group.get("dampening", 0))
+        step = lr * ((1.0 - damp) if mu else 1.0) * ((1.0 + 2.0 * mu) if group.get("nesterov") else 1.0)
+        if step > 0 and lam >= (limit := (1.0 + mu) / step):
             warnings.warn(
-                f"SPPPlugin(lam={lam:g}) with SGD lr {lr:g}, momentum {momentum:g}: SGD follows the "
-                f"penalty stably only for lam < (1 + momentum) / lr = {limit:.3g}, so training may "
-                "diverge; use a smaller lam or learning rate",
+                f"SPPPlugin(lam={lam:g}) with SGD lr {lr:g}, momentum {mu:g}: SGD follows the penalty "
+                f"stably only for lam < (1 + momentum) / lr = {limit:.3g} (with this group's dampening "
+                "and Nesterov setting), so training may diverge; use a smaller lam or learning rate",
                 stacklevel=2,
             )
             return

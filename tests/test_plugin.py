@@ -915,16 +915,17 @@ def test_state_round_trip_keeps_the_times_and_a_state_without_settings_keeps_the
     assert old.scale == "raw" and old.importance_time_s == [] and set(old.omega) == set(plugin.omega)
 
 
-def _penalty_only_sgd(lam: float, lr: float, momentum: float, steps: int = 200) -> float:
-    """|W - W*| after ``steps`` SGD steps on ``lam * M (W - W*)**2`` alone, from W - W* = 1, through
-    the plugin's mask and gradient path. One weight: ``m`` is its own Omega, so ``M = 1/2``."""
+def _penalty_only_sgd(lam: float, sgd: dict, steps: int = 1000) -> float:
+    """|W - W*| after ``steps`` SGD steps (``torch.optim.SGD(**sgd)``) on ``lam * M (W - W*)**2`` alone,
+    from W - W* = 1, through the plugin's mask and gradient path. One weight: ``m`` is its own Omega,
+    so ``M = 1/2``."""
     model = nn.Linear(1, 1, bias=False)
     plugin = SPPPlugin(lam=lam)
     plugin.omega = {"weight": torch.tensor([[999.0]])}
     plugin.anchor = {"weight": torch.zeros(1, 1)}
     with torch.no_grad():
         model.weight.fill_(1.0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    optimizer = torch.optim.SGD(model.parameters(), **sgd)
     params, anchors, masks = plugin.penalty_terms(model)
     for _ in range(steps):
         optimizer.zero_grad()
@@ -934,16 +935,25 @@ def _penalty_only_sgd(lam: float, lr: float, momentum: float, steps: int = 200) 
     return float(model.weight.detach().abs().max())
 
 
-@pytest.mark.parametrize("lr, momentum", [(0.1, 0.0), (0.1, 0.9), (0.01, 0.9)])
-def test_sgd_stability_bound_of_the_saturating_penalty_and_its_warning(lr, momentum):
-    limit = (1 + momentum) / lr  # lam * M < limit: stable (docs/method.md, section 3)
+@pytest.mark.parametrize(
+    "sgd, limit",  # limit: (1 + mu) / (lr (1 - dampening)), with Nesterov (1 + mu) / (lr (1 + 2 mu))
+    [
+        ({"lr": 0.1}, 10.0),
+        ({"lr": 0.1, "momentum": 0.9}, 19.0),
+        ({"lr": 0.01, "momentum": 0.9}, 190.0),
+        ({"lr": 0.1, "momentum": 0.9, "nesterov": True}, 1.9 / 0.28),
+        ({"lr": 0.1, "momentum": 0.9, "dampening": 0.5}, 38.0),
+    ],
+)
+def test_sgd_stability_bound_of_the_saturating_penalty_and_its_warning(sgd, limit):
     mask = 0.5  # M of the helper's single weight
-    assert _penalty_only_sgd(0.9 * limit / mask, lr, momentum) < 1e-2  # lam M below the bound: back to W*
-    assert not _penalty_only_sgd(1.1 * limit / mask, lr, momentum) < 1e3  # just above it: diverges (or NaN)
-    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=lr, momentum=momentum)
-    strategy = SimpleNamespace(model=nn.Linear(1, 1), optimizer=optimizer)
+    assert _penalty_only_sgd(0.9 * limit / mask, sgd) < 1e-2  # lam M below the bound: back to W*
+    assert not _penalty_only_sgd(1.1 * limit / mask, sgd) < 1e3  # just above it: diverges (or NaN)
+    strategy = SimpleNamespace(
+        model=nn.Linear(1, 1), optimizer=torch.optim.SGD(nn.Linear(1, 1).parameters(), **sgd)
+    )
     with pytest.warns(UserWarning, match=f"lam < \\(1 \\+ momentum\\) / lr = {limit:.3g}"):
-        SPPPlugin(lam=limit).before_training_exp(strategy)
+        SPPPlugin(lam=1.001 * limit).before_training_exp(strategy)  # (the limit's last digit may round)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SPPPlugin(lam=0.99 * limit).before_training_exp(strategy)  # below the bound: silent
