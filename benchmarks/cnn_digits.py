@@ -79,11 +79,10 @@ def fmnist_images(split: str = "test", train_limit: int = FMNIST_TRAIN_LIMIT) ->
     arrays = _load_fashion_mnist(default_data_root())
     x = (arrays.train_x.float() / arrays.scale).view(-1, 1, 28, 28)
     order = torch.randperm(len(arrays.train_y), generator=torch.Generator().manual_seed(0))
-    train, held_out = [], []
+    train, held_out, n_held = [], [], FMNIST_VALIDATION // 2  # validation images per class
     for task in range(5):  # stratified: each class gives half the task's images (the first the odd one)
         for c, n_train in ((2 * task, (train_limit + 1) // 2), (2 * task + 1, train_limit // 2)):
             mine = order[arrays.train_y[order] == c]
-            n_held = FMNIST_VALIDATION // 2
             if len(mine) < n_train + n_held:
                 raise ValueError(
                     f"--train-limit {train_limit} leaves fewer than {FMNIST_VALIDATION} validation images "

@@ -285,13 +285,19 @@ def test_the_sharpness_variant_is_a_hill_function_of_omega_over_its_mean_by_hand
         SPPVariantPlugin(sharpness=2.0, scale="raw")
 
 
-def test_the_per_tensor_mask_divides_each_tensor_by_its_own_mean_by_hand():
+def _variant_masks(mask_mean: str, omega: dict) -> tuple[nn.Module, SPPVariantPlugin, dict]:
+    """An ``nn.Linear(2, 2)`` with importance ``omega`` folded in by ``SPPVariantPlugin(mask_mean=...)``,
+    the plugin, and the masks its training uses, by parameter name."""
     model = nn.Linear(2, 2)
-    plugin = SPPVariantPlugin(lam=1.0, mask_mean="tensor")
-    omega = {"weight": torch.tensor([[0.0, 1.0], [2.0, 5.0]]), "bias": torch.tensor([0.0, 0.0])}
+    plugin = SPPVariantPlugin(lam=1.0, mask_mean=mask_mean)
     plugin.update(model, omega)
     _, _, masks = plugin._training_terms(model)
-    by_name = dict(zip(["weight", "bias"], masks, strict=True))  # named_parameters order
+    return model, plugin, dict(zip(["weight", "bias"], masks, strict=True))  # named_parameters order
+
+
+def test_the_per_tensor_mask_divides_each_tensor_by_its_own_mean_by_hand():
+    omega = {"weight": torch.tensor([[0.0, 1.0], [2.0, 5.0]]), "bias": torch.tensor([0.0, 0.0])}
+    model, plugin, by_name = _variant_masks("tensor", omega)
     m_weight = 8.0 / 4  # the weight tensor's own mean, not the mean over all six scalars (8 / 6)
     torch.testing.assert_close(by_name["weight"], omega["weight"] / (omega["weight"] + m_weight))
     assert torch.count_nonzero(by_name["bias"]) == 0  # a tensor without importance stays free
@@ -397,12 +403,8 @@ def test_the_curvature_stiffness_scales_the_mask_by_the_expected_fisher_by_hand(
 
 
 def test_the_median_mask_divides_by_the_median_importance_by_hand():
-    model = nn.Linear(2, 2)
-    plugin = SPPVariantPlugin(lam=1.0, mask_mean="median")
     omega = {"weight": torch.tensor([[0.0, 1.0], [2.0, 30.0]]), "bias": torch.tensor([3.0, 4.0])}
-    plugin.update(model, omega)
-    _, _, masks = plugin._training_terms(model)
-    by_name = dict(zip(["weight", "bias"], masks, strict=True))
+    model, plugin, by_name = _variant_masks("median", omega)
     m = 2.0  # torch's median of [0, 1, 2, 30, 3, 4] (the lower of the two middle values), not the mean 40 / 6
     torch.testing.assert_close(by_name["weight"], omega["weight"] / (omega["weight"] + m))
     torch.testing.assert_close(by_name["bias"], omega["bias"] / (omega["bias"] + m))
