@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -238,6 +238,25 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * float(np.mean(values)):.2f} ± {100 * _std(values):.2f}"
 
 
+CHECKED = ("naive", "default", "tuned")
+"""The forms a check compares, each at one strength per stream (other forms may share its folder)."""
+
+
+def mixed_strengths(stems: Iterable[str]) -> str:
+    """Why runs named ``<stream>__<form>__<lam>__seed<k>`` cannot make one check ('' if they can)."""
+    strengths: dict[tuple[str, str], set[str]] = {}
+    for stem in stems:
+        stream, form, lam, _seed = stem.split("__")
+        strengths.setdefault((stream, form), set()).add(lam)
+    mixed = sorted(f"{s} {f}: {sorted(v)}" for (s, f), v in strengths.items() if len(v) > 1 and f in CHECKED)
+    if not mixed:
+        return ""
+    return (
+        f"runs of one stream and form at several strengths ({mixed}); a check compares one strength "
+        "per form: give the other strengths their own --out folder"
+    )
+
+
 def check_rows(out: Path) -> list[dict[str, Any]]:
     """Per stream: Naive, ``SPPPlugin()`` and SPP at its tuned strength, and the issue's criteria.
 
@@ -246,18 +265,22 @@ def check_rows(out: Path) -> list[dict[str, Any]]:
     within 1 point of the tuned strength's.
     """
     records: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for path in sorted((out / "runs").glob("*.json")):
-        stream, form, lam, _seed = path.stem.split("__")
+    paths = sorted((out / "runs").glob("*.json"))
+    mixed = mixed_strengths(path.stem for path in paths)
+    if mixed:  # the mean over seeds would silently average two strengths
+        raise ValueError(f"{out / 'runs'}: {mixed}")
+    for path in paths:
+        stream, form, _lam, _seed = path.stem.split("__")
         records.setdefault((stream, form), []).append(json.loads(path.read_text()))
     rows = []
     for stream in sorted({k[0] for k in records}):
-        got = {form: records.get((stream, form), []) for form in ("naive", "default", "tuned")}
+        got = {form: records.get((stream, form), []) for form in CHECKED}
         if not got["naive"] or not got["default"]:
             continue
         metric = {f: {k: [r["metrics"][k] for r in rs] for k in ("acc", "bwt")} for f, rs in got.items()}
         mean = {f: {k: float(np.mean(v)) if v else None for k, v in m.items()} for f, m in metric.items()}
         row: dict[str, Any] = {"stream": stream, "seeds": len(got["default"])}
-        for form in ("naive", "default", "tuned"):
+        for form in CHECKED:
             row[form] = {k: _mean_std(v) for k, v in metric[form].items()} if got[form] else None
         row["tuned_lam"] = got["tuned"][0]["strength"] if got["tuned"] else None
         forgets = mean["naive"]["bwt"] < -0.02
@@ -455,19 +478,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--shard {args.shard}: K must be in [0, N)")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
     jobs = []
     for stream in streams:
         for seed in seeds:
             if not args.no_naive:
                 jobs.append((stream, "naive", None, seed))
             jobs += [(stream, form, lam, seed) for form in forms for lam in lams]
+    names = [f"{st}__{f}__{'none' if lam is None else f'lam{lam:g}'}__seed{k}" for st, f, lam, k in jobs]
+    mixed = mixed_strengths({*names, *(path.stem for path in (out / "runs").glob("*.json"))})
+    if args.split == "test" and mixed:
+        parser.error(f"--out {out}: {mixed}")
+    (out / "runs").mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.spp_defaults " + " ".join(argv if argv is not None else sys.argv[1:])
-    for index, (stream, form, lam, seed) in enumerate(jobs):
+    for index, ((stream, form, lam, seed), name) in enumerate(zip(jobs, names, strict=True)):
         if index % shards != shard:
             continue
-        lam_key = "none" if lam is None else f"lam{lam:g}"
-        path = out / "runs" / f"{stream}__{form}__{lam_key}__seed{seed}.json"
+        path = out / "runs" / f"{name}.json"
         if path.exists():
             continue
         method, options = (

@@ -155,3 +155,28 @@ def test_a_baseline_in_forms_runs_that_method_at_the_given_strength(tmp_path, mo
     with pytest.raises(SystemExit):
         main(["--streams", "split_digits_sgd2", "--forms", "agem", "--lams", "1", "--out", str(tmp_path)])
     assert "--forms: unknown ['agem']" in capsys.readouterr().err
+
+
+def test_check_refuses_a_folder_whose_default_runs_carry_two_strengths(tmp_path):
+    for seed in (0, 1):
+        _write(tmp_path, "s", "naive", "none", seed, _record(0.90, -0.10))
+        _write(tmp_path, "s", "default", "lam10", seed, _record(0.95, -0.04, 10.0))
+    for lam in (1, 3):  # a diagnostic form at several strengths may share the folder
+        _write(tmp_path, "s", "sat_batch_so_bf", f"lam{lam}", 0, _record(0.9, -0.1, float(lam)))
+    assert check_rows(tmp_path)[0]["default"] is not None
+    _write(tmp_path, "s", "default", "lam3", 2, _record(0.93, -0.05, 3.0))
+    with pytest.raises(ValueError, match=r"several strengths.*lam10.*lam3.*own --out folder"):
+        check_rows(tmp_path)
+
+
+def test_a_test_split_command_that_would_mix_strengths_is_refused_before_it_runs(tmp_path, capsys):
+    out = tmp_path / "new"
+    args = ["--split", "test", "--streams", "split_digits_sgd2", "--forms", "default", "--no-naive"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--lams", "3,10", "--out", str(out)])
+    assert exit_info.value.code == 2 and not out.exists()
+    assert "split_digits_sgd2 default: ['lam10', 'lam3']" in capsys.readouterr().err
+    _write(out, "split_digits_sgd2", "default", "lam10", 0, _record(0.9, -0.1, 10.0))
+    with pytest.raises(SystemExit):  # a kept run at another strength counts too
+        main([*args, "--lams", "3", "--out", str(out)])
+    assert "own --out folder" in capsys.readouterr().err
