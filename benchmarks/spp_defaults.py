@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from benchmarks.baselines import TrainConfig
+from benchmarks.defaults_check import mixed_strengths, sample_std, write_check
 from benchmarks.experiment import run_method
 from benchmarks.records import write_json
 
@@ -223,102 +224,11 @@ def summarize(out: Path) -> dict[str, Any]:
             "seeds": len(records),
             "acc": 100 * float(np.mean([m["acc"] for m in metrics])),
             "bwt": 100 * float(np.mean([m["bwt"] for m in metrics])),
-            "acc_std": 100 * _std([m["acc"] for m in metrics]),  # sample std (ddof 1), in the JSON only
+            "acc_std": 100 * sample_std([m["acc"] for m in metrics]),  # sample std (ddof 1), in the JSON only
             "diverged": sum(r.get("diverged_at_task") is not None for r in records),
             "split": records[0]["config"]["split"],
         })  # fmt: skip
     return {"rows": rows}
-
-
-def _std(values: list[float]) -> float:
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def _mean_std(values: list[float]) -> str:
-    return f"{100 * float(np.mean(values)):.2f} ± {100 * _std(values):.2f}"
-
-
-CHECKED = ("naive", "default", "tuned")
-"""The forms a check compares, each at one strength per stream (other forms may share its folder)."""
-
-
-def mixed_strengths(stems: Iterable[str]) -> str:
-    """Why runs named ``<stream>__<form>__<lam>__seed<k>`` cannot make one check ('' if they can)."""
-    strengths: dict[tuple[str, str], set[str]] = {}
-    for stem in stems:
-        stream, form, lam, _seed = stem.split("__")
-        strengths.setdefault((stream, form), set()).add(lam)
-    mixed = sorted(f"{s} {f}: {sorted(v)}" for (s, f), v in strengths.items() if len(v) > 1 and f in CHECKED)
-    if not mixed:
-        return ""
-    return (
-        f"runs of one stream and form at several strengths ({mixed}); a check compares one strength "
-        "per form: give the other strengths their own --out folder"
-    )
-
-
-def check_rows(out: Path) -> list[dict[str, Any]]:
-    """Per stream: Naive, ``SPPPlugin()`` and SPP at its tuned strength, and the issue's criteria.
-
-    Criteria where Naive forgets (its mean BWT below -2 points): the default forgets at most half
-    as much as Naive (|BWT| <= |BWT_naive| / 2), its ACC is not below Naive's, and its ACC is
-    within 1 point of the tuned strength's.
-    """
-    records: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    paths = sorted((out / "runs").glob("*.json"))
-    mixed = mixed_strengths(path.stem for path in paths)
-    if mixed:  # the mean over seeds would silently average two strengths
-        raise ValueError(f"{out / 'runs'}: {mixed}")
-    for path in paths:
-        stream, form, _lam, _seed = path.stem.split("__")
-        records.setdefault((stream, form), []).append(json.loads(path.read_text()))
-    rows = []
-    for stream in sorted({k[0] for k in records}):
-        got = {form: records.get((stream, form), []) for form in CHECKED}
-        if not got["naive"] or not got["default"]:
-            continue
-        metric = {f: {k: [r["metrics"][k] for r in rs] for k in ("acc", "bwt")} for f, rs in got.items()}
-        mean = {f: {k: float(np.mean(v)) if v else None for k, v in m.items()} for f, m in metric.items()}
-        row: dict[str, Any] = {"stream": stream, "seeds": len(got["default"])}
-        for form in CHECKED:
-            row[form] = {k: _mean_std(v) for k, v in metric[form].items()} if got[form] else None
-        row["tuned_lam"] = got["tuned"][0]["strength"] if got["tuned"] else None
-        forgets = mean["naive"]["bwt"] < -0.02
-        row["naive_forgets"] = forgets
-        half = abs(mean["default"]["bwt"]) <= abs(mean["naive"]["bwt"]) / 2
-        not_lower = mean["default"]["acc"] >= mean["naive"]["acc"]
-        near = None if mean["tuned"]["acc"] is None else mean["default"]["acc"] >= mean["tuned"]["acc"] - 0.01
-        row["criteria"] = {
-            "half_the_forgetting": half,
-            "acc_not_below_naive": not_lower,
-            "within_1_of_tuned": near,
-        }
-        rows.append(row)
-    return rows
-
-
-def write_check(out: Path, command: str) -> None:
-    rows = check_rows(out)
-    write_json(out / "check.json", {"command": command, "rows": rows})
-    mark = {True: "yes", False: "**no**", None: "n/a"}
-    lines = [
-        f"Command: `{command}` (and one per stream for the tuned strength; see `check.json`).",
-        "",
-        "Test split, mean ± std over seeds, in %. Criteria apply where Naive forgets (BWT < -2).",
-        "",
-        "| stream | Naive ACC / BWT | SPPPlugin() ACC / BWT | tuned λ | tuned ACC / BWT "
-        "| ≤ half the forgetting | ACC ≥ Naive | ACC within 1 of tuned |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        pair = {
-            f: "" if r[f] is None else f"{r[f]['acc']} / {r[f]['bwt']}" for f in ("naive", "default", "tuned")
-        }
-        crit = [mark[v] if r["naive_forgets"] else "(no forgetting)" for v in r["criteria"].values()]
-        lam = "" if r["tuned_lam"] is None else f"{r['tuned_lam']:g}"
-        lines.append(f"| {r['stream']} | {pair['naive']} | {pair['default']} | {lam} | {pair['tuned']} | "
-                     + " | ".join(crit) + " |")  # fmt: skip
-    (out / "check.md").write_text("\n".join(lines) + "\n")
 
 
 #: The option set ``SPPPlugin()`` uses, whose strength :func:`strength_choice` chooses.

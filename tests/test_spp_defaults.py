@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from benchmarks.spp_defaults import FORMS, STREAMS, check_rows, main, summarize
+from benchmarks.defaults_check import check_rows
+from benchmarks.spp_defaults import FORMS, STREAMS, main, summarize
 
 
 def _record(acc, bwt, strength=None):
