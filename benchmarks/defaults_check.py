@@ -98,9 +98,7 @@ def write_check(out: Path, command: str) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        pair = {
-            f: "" if r[f] is None else f"{r[f]['acc']} / {r[f]['bwt']}" for f in ("naive", "default", "tuned")
-        }
+        pair = {f: "" if r[f] is None else f"{r[f]['acc']} / {r[f]['bwt']}" for f in CHECKED}
         crit = [mark[v] if r["naive_forgets"] else "(no forgetting)" for v in r["criteria"].values()]
         lam = "" if r["tuned_lam"] is None else f"{r['tuned_lam']:g}"
         lines.append(f"| {r['stream']} | {pair['naive']} | {pair['default']} | {lam} | {pair['tuned']} | "
