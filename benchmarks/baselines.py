@@ -82,6 +82,7 @@ class TrainConfig:
     hidden: tuple[int, ...] = (512, 256)  # MLP hidden widths (the paper's 784-512-256)
     dropout: float | None = None  # dropout; None: the model's default (MLP 0, CNN heads 0.5 as the paper)
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
+    reset_optimizer: bool = True  # a fresh optimiser state per experience (False: Avalanche's default, kept)
     spp_fisher: str = DEFAULT_FISHER  # SPP's Fisher estimate
     spp_scale: str = DEFAULT_SCALE  # how SPP's importance weighs its penalty (see SPPPlugin)
     spp_taylor_of: str = DEFAULT_TAYLOR_OF  # what SPP's Taylor estimate measures (its first-order sign)
@@ -128,9 +129,9 @@ class TrainConfig:
         check_choice("spp_importance", self.spp_importance, IMPORTANCES)
         check_choice("spp_mask_mean", self.spp_mask_mean, MASK_MEANS)
         check_choice("spp_stiffness", self.spp_stiffness, STIFFNESSES)
-        measure = self.spp_measure_curvature
-        if not isinstance(measure, bool):
-            raise ValueError(f"spp_measure_curvature must be True or False, got {measure!r}")
+        for name in ("spp_measure_curvature", "reset_optimizer"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not _finite_positive(self.spp_temperature):
             raise ValueError(f"spp_temperature must be a finite number > 0, got {self.spp_temperature!r}")
         if not _finite_positive(self.spp_sharpness):

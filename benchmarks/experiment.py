@@ -231,9 +231,9 @@ def _train_and_evaluate_task(
         state.tasks_trained.append(j)
         start = time.perf_counter()
         try:
-            # A fresh optimiser state per task: Avalanche keeps SGD momentum across
-            # experiences by default, which moves old heads that get a (zero) penalty gradient.
-            strategy.train(stream.train_stream[j], reset_optimizer_state=True)
+            # train.reset_optimizer: a fresh optimiser state per task (the harness's protocol), or
+            # Avalanche's default: momentum and Adam's moments kept across experiences.
+            strategy.train(stream.train_stream[j], reset_optimizer_state=train.reset_optimizer)
             _check_finite_weights(strategy.model, method, j)
         except DivergedError as error:
             if on_divergence == "raise":

@@ -44,11 +44,13 @@ class Stream:
     train_limit: int | None = None  # training samples per task (None: all)
     eval_limit: int | None = None  # evaluation samples per task (None: all)
     n_tasks: int | None = None
+    reset_optimizer: bool = True  # a fresh optimiser state per experience (False: Avalanche's default)
 
 
 STREAMS = {
-    f"{bench}_{opt}{epochs}{suffix}": Stream(
-        bench, opt, 0.01 if opt == "sgd" else 1e-3, epochs, train_limit=limit, eval_limit=eval_limit
+    f"{bench}_{opt}{epochs}{suffix}{'' if reset else '_keep'}": Stream(
+        bench, opt, 0.01 if opt == "sgd" else 1e-3, epochs, train_limit=limit, eval_limit=eval_limit,
+        reset_optimizer=reset,
     )
     for bench, suffix, limit, eval_limit in (
         ("split_fmnist", "", None, None),
@@ -60,10 +62,14 @@ STREAMS = {
     )
     for opt in ("sgd", "adam")
     for epochs in (2, 5)
-}
-"""``<benchmark>_<optimiser><epochs>[_10k|_3k]``: SGD lr 0.01 momentum 0.9, or Adam lr 1e-3; batch
-128; ``_10k`` / ``_3k``: that many training samples per task; ``_e1k``: 1000 evaluation samples
-per task (the permuted streams' evaluation of every task after every task dominates their time)."""
+    for reset in (True, False)
+}  # fmt: skip
+"""``<benchmark>_<optimiser><epochs>[_10k|_3k][_keep]``: SGD lr 0.01 momentum 0.9, or Adam lr 1e-3;
+batch 128; ``_10k`` / ``_3k``: that many training samples per task; ``_e1k``: 1000 evaluation
+samples per task (the permuted streams' evaluation of every task after every task dominates their
+time); ``_keep``: the optimiser's state (SGD momentum, Adam's moments) kept from one experience to
+the next, Avalanche's default and what ``Naive(model, optimizer, ...)`` does unless told otherwise
+(without it the harness resets the state at every experience)."""
 
 _NEG_BF_FORM: dict[str, Any] = {
     "spp_scale": "saturate",
@@ -188,6 +194,7 @@ def run_one(
         batch_size=stream.batch_size,
         lr=stream.lr,
         optimizer=stream.optimizer,
+        reset_optimizer=stream.reset_optimizer,
         **form,
     )
     limits = {"train_limit": stream.train_limit, "eval_limit": stream.eval_limit}

@@ -137,3 +137,20 @@ def test_benchmarks_run_with_no_option_is_the_readme_quickstart(monkeypatch):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "pip install -e . && python -m benchmarks.run\n" in readme
     assert all(arg in readme for arg in run_cli.QUICKSTART_ARGS)  # the README spells out the options
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_reset_optimizer_decides_whether_adams_state_outlives_an_experience(reset):
+    steps = []  # Adam's step count of the first shared weight, after each experience
+
+    def count_steps(j, strategy):
+        weight = next(strategy.model.features.parameters())
+        steps.append(int(strategy.optimizer.state[weight]["step"]))
+
+    train = TrainConfig(epochs=1, hidden=(16,), optimizer="adam", lr=1e-3, reset_optimizer=reset)
+    run_method("finetune", train=train, on_task_end=count_steps, **DIGITS)
+    per_task = steps[0]  # each experience is the same number of mini-batches here
+    assert per_task > 0 and steps[1] > 0
+    assert steps == ([per_task] * 5 if reset else [per_task * (j + 1) for j in range(5)])
+    with pytest.raises(ValueError, match="reset_optimizer must be True or False"):
+        TrainConfig(reset_optimizer="no")

@@ -181,3 +181,16 @@ def test_a_test_split_command_that_would_mix_strengths_is_refused_before_it_runs
     with pytest.raises(SystemExit):  # a kept run at another strength counts too
         main([*args, "--lams", "3", "--out", str(out)])
     assert "own --out folder" in capsys.readouterr().err
+
+
+def test_a_keep_stream_runs_with_the_optimiser_state_kept_and_is_otherwise_its_base_stream():
+    from dataclasses import replace
+
+    from benchmarks.spp_defaults import run_one
+
+    keep, base = STREAMS["split_digits_adam2_keep"], STREAMS["split_digits_adam2"]
+    assert not keep.reset_optimizer and base.reset_optimizer and replace(keep, reset_optimizer=True) == base
+    assert sum(not s.reset_optimizer for s in STREAMS.values()) * 2 == len(STREAMS)  # one per stream
+    for stream in (keep, base):
+        record = run_one(replace(stream, train_limit=64), "finetune", {}, None, 0)
+        assert record["config"]["train"]["reset_optimizer"] is stream.reset_optimizer
