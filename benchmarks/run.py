@@ -219,7 +219,8 @@ def _prepare_output(out: Path, config: RunConfig) -> None:
     if config.resume and saved.exists():
         previous = read_json(saved)
         current = json.loads(json.dumps(asdict(config)))
-        changed = [k for k in _RESULT_FIELDS if previous.get(k) != current.get(k)]
+        default = json.loads(json.dumps(asdict(RunConfig())))  # for a setting added since it was saved
+        changed = [k for k in _RESULT_FIELDS if previous.get(k, default[k]) != current.get(k)]
         if changed:
             raise FileExistsError(
                 f"--resume: {out} was made with different settings ({changed}); "

@@ -72,6 +72,7 @@ class RunConfig:
     spp_accumulate: str = "sum"
     spp_importance_samples: int | None = None
     spp_curvature_cap: float | None = None  # not in the paper: cap lam*Omega for SGD stability
+    keep_optimizer_state: bool = False  # Avalanche's default (True) instead of a fresh state per task
     save_tensors: bool = False  # keep weights and importances after each task (benchmarks.analyze)
     threads: int | None = None  # torch threads (None: torch's default)
     quiet: bool = False  # no progress bars
@@ -96,6 +97,7 @@ class RunConfig:
             spp_accumulate=self.spp_accumulate,
             spp_importance_samples=self.spp_importance_samples,
             spp_curvature_cap=self.spp_curvature_cap,
+            reset_optimizer=not self.keep_optimizer_state,
         )
 
     def benchmark_options(self) -> dict[str, int]:
@@ -184,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="not in the paper: clip each lam*Omega to CAP*(1+momentum)/lr, CAP in (0, 1] (SGD only)",
     )
+    parser.add_argument(
+        "--keep-optimizer-state", action="store_const", const=True,
+        help="keep momentum / Adam's moments from one task to the next (Avalanche's default); "
+        "without it every method starts each task with a fresh optimiser state",
+    )  # fmt: skip
     parser.add_argument("--save-tensors", action="store_const", const=True)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--quiet", action="store_const", const=True, help="no progress output")
@@ -235,7 +242,7 @@ def _to_config(parser: argparse.ArgumentParser, values: dict[str, Any]) -> RunCo
         "spp_normalize": None if normalize in (None, "none") else normalize,
         "out": values.get("out") or f"runs/{benchmark}",
     }
-    for key in ("tune", "save_tensors", "quiet", "force", "resume"):
+    for key in _BOOL_SETTINGS:
         settings[key] = bool(settings.get(key, getattr(RunConfig, key)))
     _check_run_settings(parser, settings)
     names = {f.name for f in fields(RunConfig)}
@@ -336,7 +343,7 @@ def _check_run_settings(parser: argparse.ArgumentParser, settings: dict[str, Any
 
 
 # JSON types of the settings a --config file may hold (flags are typed by argparse already).
-_BOOL_SETTINGS = ("tune", "save_tensors", "quiet", "force", "resume")
+_BOOL_SETTINGS = ("tune", "keep_optimizer_state", "save_tensors", "quiet", "force", "resume")
 
 
 _INT_SETTINGS = (

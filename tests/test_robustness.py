@@ -452,6 +452,7 @@ def test_run_cli_refuses_bad_strengths(tmp_path, capsys, value):
     [
         ('"tune": "no"', "tune must be true or false, got 'no'"),
         ('"quiet": 1', "quiet must be true or false"),
+        ('"keep_optimizer_state": "yes"', "keep_optimizer_state must be true or false"),
         ('"train_limit": "10"', "train_limit must be an integer"),
         ('"epochs": 1.5', "epochs must be an integer"),
         ('"lr": "0.1"', "lr must be a number"),
@@ -515,6 +516,23 @@ def test_run_cli_never_overwrites_results_without_force(tmp_path, capsys):
     a_file.write_text("x")
     assert _exit_code(run_cli.main, [*TINY_RUN, "--out", str(a_file)]) == 2
     assert "is a file; give a folder" in _error_line(capsys)
+
+
+def test_run_cli_keep_optimizer_state_reaches_the_runs_and_a_folder_from_before_the_flag_resumes(tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    assert _exit_code(run_cli.main, [*TINY_RUN, "--out", str(out), "--keep-optimizer-state"]) == 0
+    assert (
+        json.loads((out / "runs" / "sgd_seed0.json").read_text())["config"]["train"]["reset_optimizer"]
+        is False
+    )
+    assert _exit_code(run_cli.main, [*TINY_RUN, "--out", str(out), "--resume"]) == 2  # a different protocol
+    saved = json.loads((out / "config.json").read_text())
+    del saved["keep_optimizer_state"]  # as written before the setting existed: its default, False
+    (out / "config.json").write_text(json.dumps(saved))
+    assert _exit_code(run_cli.main, [*TINY_RUN, "--out", str(out), "--resume"]) == 0
+    assert _exit_code(run_cli.main, [*TINY_RUN, "--out", str(out), "--resume", "--keep-optimizer-state"]) == 2
 
 
 def _offline(monkeypatch, tmp_path):
