@@ -229,7 +229,11 @@ def _options(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str, 
         parser.error(f"--lams and --seeds must be comma lists of numbers: {error}")
     if any(not np.isfinite(lam) or lam < 0 for lam in lams):
         parser.error(f"--lams must be finite and >= 0, got {args.lams}")
-    return args, run, lams, seeds
+    try:
+        kept = _kept(Path(args.out), {"mask_mean": args.mask_mean, **run}, seeds) if args.resume else ([], {})
+    except ValueError as error:
+        parser.error(str(error))
+    return args, run, lams, seeds, kept
 
 
 def _kept(out: Path, settings: dict[str, Any], seeds: list[int]) -> tuple[list[str], dict[float, Any]]:
@@ -241,21 +245,20 @@ def _kept(out: Path, settings: dict[str, Any], seeds: list[int]) -> tuple[list[s
     if any(row["seeds"] != seeds for row in old["rows"]):
         differ.append("seeds")
     if differ:
-        raise SystemExit(
-            f"python -m benchmarks.cnn_digits: error: --resume: {out} holds runs whose "
+        raise ValueError(
+            f"--resume: {out} holds runs whose "
             f"{', '.join(differ)} differ from this command's; use another --out"
         )
     return old.get("commands", [old["command"]]), {row["lam"]: row for row in old["rows"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, run, lams, seeds = _options(argv)
+    args, run, lams, seeds, (commands, rows) = _options(argv)
     torch.set_num_threads(1)
     command = "python -m benchmarks.cnn_digits " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {"mask_mean": args.mask_mean, **run}
-    commands, rows = _kept(out, settings, seeds) if args.resume else ([], {})
     for lam in lams:  # written after each strength: a run cut short keeps what it measured
         if lam in rows:
             continue

@@ -105,7 +105,7 @@ def test_digits_has_one_split_and_no_train_limit(flags, tmp_path, capsys):
     assert "apply to --stream fmnist only" in capsys.readouterr().err
 
 
-def test_resume_keeps_the_strengths_measured_and_refuses_another_stream(tmp_path, monkeypatch):
+def test_resume_keeps_the_strengths_measured_and_refuses_another_stream(tmp_path, monkeypatch, capsys):
     from benchmarks import cnn_digits
 
     calls = []
@@ -127,10 +127,16 @@ def test_resume_keeps_the_strengths_measured_and_refuses_another_stream(tmp_path
     assert "| 1 | 91.0 | -1.0 | 91.0 / -1.0 | 91.00 / -1.00 | 2.00 |" in table  # 2 below lam 3's 93
     assert main(["--lams", "3", "--seeds", "0", "--out", str(out)]) == 0  # no --resume: starts over
     assert [row["lam"] for row in json.loads(out.read_text())["rows"]] == [3.0]
-    with pytest.raises(SystemExit, match="seeds differ"):
-        main(["--lams", "3", "--seeds", "0,1", "--out", str(out), "--resume"])
-    with pytest.raises(SystemExit, match="optimizer differ from this command's; use another --out"):
-        main(["--lams", "3", "--seeds", "0", "--optimizer", "adam", "--out", str(out), "--resume"])
+    refusals = (
+        (["--seeds", "0,1"], "seeds differ"),
+        (["--seeds", "0", "--optimizer", "adam"], "optimizer differ from this command's; use another --out"),
+    )
+    for extra, message in refusals:
+        with pytest.raises(SystemExit) as refused:
+            main(["--lams", "3", *extra, "--out", str(out), "--resume"])
+        assert refused.value.code == 2  # parser.error, like every other option
+        assert message in capsys.readouterr().err
+    assert calls == [3.0, 0.0, 1.0, 3.0]  # refused before any run
 
 
 def test_epochs_reach_the_run_and_are_checked(tmp_path, monkeypatch, capsys):
