@@ -138,13 +138,8 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self.importance_samples = importance_samples
         self.importance_batch_size = importance_batch_size
-        self.scale = scale
-        self.taylor_of = taylor_of
-        self.clamp = clamp
-        self.fisher = fisher
-        self.accumulate = accumulate
-        self.seed = seed
-        self.penalty_via = penalty_via
+        self.scale, self.taylor_of, self.clamp, self.fisher = scale, taylor_of, clamp, fisher
+        self.accumulate, self.seed, self.penalty_via = accumulate, seed, penalty_via
 
         self.omega: dict[str, Tensor] = {}
         """Accumulated importance ``Omega^{1:t}`` by parameter name."""
@@ -391,18 +386,23 @@ def _check_strength(lam: Any) -> float:
     return float(lam)
 
 
+def sgd_strength_limit(group: Any) -> float:
+    """The largest ``lam`` SGD follows stably on ``lam * M (W - W*)**2``, ``M <= 1``, for an optimiser
+    param group: ``(1 + mu) / (eta (1 - d))`` (``lr`` ``eta``, ``momentum`` ``mu``, ``dampening`` ``d``),
+    with Nesterov ``(1 + mu) / (eta (1 + 2 mu))`` (docs/method.md, section 3); ``inf`` at ``eta = 0``."""
+    lr, mu, damp = float(group["lr"]), float(group.get("momentum", 0)), float(group.get("dampening", 0))
+    step = lr * ((1.0 - damp) if mu else 1.0) * ((1.0 + 2.0 * mu) if group.get("nesterov") else 1.0)
+    return (1.0 + mu) / step if step > 0 else math.inf
+
+
 def _warn_if_sgd_unstable(lam: float, optimizer: Any) -> None:
-    """SGD (rate ``eta``, momentum ``mu``, dampening ``d``) follows ``lam * M (W - W*)**2``, ``M < 1``,
-    stably only for ``lam < (1 + mu) / (eta (1 - d))``, with Nesterov ``(1 + mu) / (eta (1 + 2 mu))``
-    (docs/method.md, section 3): warn, once, where a group breaks it."""
+    """Warn, once, where an SGD group cannot follow the penalty stably (:func:`sgd_strength_limit`)."""
     for group in optimizer.param_groups if isinstance(optimizer, torch.optim.SGD) else []:
-        lr, mu, damp = float(group["lr"]), float(group.get("momentum", 0)), float(group.get("dampening", 0))
-        step = lr * ((1.0 - damp) if mu else 1.0) * ((1.0 + 2.0 * mu) if group.get("nesterov") else 1.0)
-        if step > 0 and lam >= (limit := (1.0 + mu) / step):
+        if lam >= (limit := sgd_strength_limit(group)):
             warnings.warn(
-                f"SPPPlugin(lam={lam:g}) with SGD lr {lr:g}, momentum {mu:g}: SGD follows the penalty "
-                f"stably only for lam < (1 + momentum) / lr = {limit:.3g} (with this group's dampening "
-                "and Nesterov setting), so training may diverge; use a smaller lam or learning rate",
+                f"SPPPlugin(lam={lam:g}): SGD with lr {group['lr']:g}, momentum {group.get('momentum', 0):g} "
+                f"follows the penalty stably only for lam < (1 + momentum) / lr = {limit:.3g} (with this "
+                "group's dampening and Nesterov setting), so training may diverge; use a smaller lam or lr",
                 stacklevel=2,
             )
             return

@@ -28,7 +28,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from tqdm.auto import tqdm
 
 from avalanche_spp.importance import DivergedError
-from avalanche_spp.plugin import SPPPlugin
+from avalanche_spp.plugin import SPPPlugin, sgd_strength_limit
 from benchmarks.baselines import (
     STRENGTH_NAMES,
     TrainConfig,
@@ -287,7 +287,9 @@ def importance_summary(
         "mean": float(values.mean()) if values.numel() else 0.0,
         "median_nonzero": float(nonzero.median()) if nonzero.numel() else 0.0,
         "fraction_zero": float((values == 0).double().mean()) if values.numel() else 0.0,
-        "lam_stability_limit": (1.0 + momentum) / (lr * limiting) if limiting > 0 else None,
+        "lam_stability_limit": (
+            sgd_strength_limit({"lr": lr, "momentum": momentum}) / limiting if limiting > 0 else None
+        ),
     }
 
 

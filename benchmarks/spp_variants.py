@@ -60,7 +60,7 @@ from avalanche_spp.importance import (
     trainable_parameters,
 )
 from avalanche_spp.penalty import mean_importance, scaled_importance
-from avalanche_spp.plugin import SPPPlugin
+from avalanche_spp.plugin import SPPPlugin, sgd_strength_limit
 from benchmarks.analysis_measures import eval_mode
 
 NORMALIZATIONS = (None, "max", "softmax")
@@ -136,16 +136,16 @@ class SPPVariantPlugin(SPPPlugin):
         self._omega_limit = self._cap_for(strategy.optimizer) if self.curvature_cap is not None else None
 
     def _cap_for(self, optimizer: Any) -> float:
-        """``c (1 + mu) / (eta lam)``: the largest Omega whose penalty SGD can still follow."""
+        """``c (1 + mu) / (eta lam)`` (:func:`~avalanche_spp.plugin.sgd_strength_limit` over ``lam``, times
+        ``c``): the largest Omega whose penalty SGD can still follow."""
         if not isinstance(optimizer, torch.optim.SGD):
             raise ValueError(
                 f"curvature_cap needs a torch.optim.SGD optimiser (its lr and momentum set the "
                 f"bound), got {type(optimizer).__name__}; use curvature_cap=None"
             )
-        group = optimizer.param_groups[0]
         if self.lam == 0.0:
             return math.inf
-        return self.curvature_cap * (1.0 + group.get("momentum", 0.0)) / (group["lr"] * self.lam)
+        return self.curvature_cap * sgd_strength_limit(optimizer.param_groups[0]) / self.lam
 
     def _training_terms(self, model: nn.Module) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
         params, anchors, omegas = super()._training_terms(model)

@@ -23,6 +23,7 @@ from torch.utils.data import TensorDataset
 from avalanche_spp import SPPPlugin
 from avalanche_spp.importance import entropy_importance
 from avalanche_spp.penalty import add_spp_penalty_grad_
+from avalanche_spp.plugin import sgd_strength_limit
 
 torch.set_num_threads(1)
 
@@ -952,6 +953,8 @@ def test_sgd_stability_bound_of_the_saturating_penalty_and_its_warning(sgd, limi
     strategy = SimpleNamespace(
         model=nn.Linear(1, 1), optimizer=torch.optim.SGD(nn.Linear(1, 1).parameters(), **sgd)
     )
+    assert sgd_strength_limit(strategy.optimizer.param_groups[0]) == pytest.approx(limit)
+    assert sgd_strength_limit({**strategy.optimizer.param_groups[0], "lr": 0.0}) == float("inf")  # lr 0
     with pytest.warns(UserWarning, match=f"lam < \\(1 \\+ momentum\\) / lr = {limit:.3g}"):
         SPPPlugin(lam=1.001 * limit).before_training_exp(strategy)  # (the limit's last digit may round)
     with warnings.catch_warnings():
