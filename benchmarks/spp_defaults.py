@@ -321,7 +321,9 @@ def _choice_lines(choice: dict[str, Any], title: str) -> list[str]:
 def write_summary(out: Path, command: str) -> None:
     summary = summarize(out)
     summary["command"] = command
-    choice = strength_choice(summary["rows"])
+    # the strengths of SPPPlugin()'s form, spelled out or as "default" (the same options)
+    spelled = any(row["form"] == DEFAULT_FORM for row in summary["rows"])
+    choice = strength_choice(summary["rows"], form=DEFAULT_FORM if spelled else "default")
     summary["strength_choice"] = choice
     write_json(out / "summary.json", summary)
     splits = sorted({row["split"] for row in summary["rows"]})

@@ -97,6 +97,27 @@ def test_strength_choice_minimises_the_worst_shortfall_over_forgetting_streams()
     assert again["chosen"] == 1.0
 
 
+def test_the_summary_chooses_among_the_default_forms_strengths_when_it_is_not_spelled_out(tmp_path):
+    from benchmarks.spp_defaults import write_summary
+
+    for stream, lam, acc in (
+        ("a", "lam3", 0.9),
+        ("a", "lam10", 0.8),
+        ("b", "lam3", 0.7),
+        ("b", "lam10", 0.75),
+    ):
+        _write(
+            tmp_path, stream, "default", lam, 0, {**_record(acc, -0.01), "config": {"split": "validation"}}
+        )
+    write_summary(tmp_path, "cmd")
+    choice = json.loads((tmp_path / "summary.json").read_text())["strength_choice"]
+    assert choice["form"] == "default" and choice["chosen"] == 3.0  # worst shortfall 5 (b) against 10 (a)
+    assert (
+        "Smallest worst shortfall among those screened on every stream: lam 3"
+        in (tmp_path / "summary.md").read_text()
+    )
+
+
 def test_every_screen_form_is_a_valid_training_configuration():
     """A form whose options contradict the defaults (a per-sample clamp with the batch Fisher) fails."""
     from dataclasses import replace
