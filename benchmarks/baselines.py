@@ -37,7 +37,14 @@ from avalanche_spp.importance import (
 )
 from avalanche_spp.plugin import ACCUMULATIONS, SPPPlugin
 from benchmarks.cnn import freeze_features
-from benchmarks.spp_variants import IMPORTANCES, MASK_MEANS, NORMALIZATIONS, STIFFNESSES, SPPVariantPlugin
+from benchmarks.spp_variants import (
+    ANCHORS,
+    IMPORTANCES,
+    MASK_MEANS,
+    NORMALIZATIONS,
+    STIFFNESSES,
+    SPPVariantPlugin,
+)
 
 METHODS = ("sgd", "sgd_f", "finetune", "ewc", "si", "mas", "lwf", "joint", "spp")
 """Every method name :func:`build_strategy` accepts, in the paper's table order."""
@@ -98,6 +105,7 @@ class TrainConfig:
     spp_stiffness: str = "unit"  # "curvature": lam in the loss's mean curvature (a harness experiment)
     spp_measure_curvature: bool = False  # keep that curvature in the run record, unapplied (a diagnostic)
     spp_mask_mean: str = "all"  # "tensor" / "experience": the saturating mask's m (a harness experiment)
+    spp_anchor: str = "last"  # "weighted": W* the Omega-weighted mean of past W* (a harness experiment)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -128,6 +136,7 @@ class TrainConfig:
         check_choice("spp_accumulate", self.spp_accumulate, ACCUMULATIONS)
         check_choice("spp_importance", self.spp_importance, IMPORTANCES)
         check_choice("spp_mask_mean", self.spp_mask_mean, MASK_MEANS)
+        check_choice("spp_anchor", self.spp_anchor, ANCHORS)
         check_choice("spp_stiffness", self.spp_stiffness, STIFFNESSES)
         for name in ("spp_measure_curvature", "reset_optimizer"):
             if not isinstance(getattr(self, name), bool):
@@ -240,6 +249,8 @@ def build_strategy(
             variants["mask_mean"] = config.spp_mask_mean
         if config.spp_stiffness != "unit":
             variants["stiffness"] = config.spp_stiffness
+        if config.spp_anchor != "last":
+            variants["anchor_mode"] = config.spp_anchor
         if config.spp_measure_curvature:
             variants["measure_curvature"] = True
         if any(value is not None for value in variants.values()):  # an experiment of the harness

@@ -158,6 +158,11 @@ FORMS: dict[str, dict[str, Any]] = {
     "sat_batch_so_bf_t4": {**_SO_BF_FORM, "spp_temperature": 4.0},
     # and with the mask's m the median importance: half the weights have M >= 1/2 on any model
     "sat_batch_so_bf_md": {**_SO_BF_FORM, "spp_mask_mean": "median"},
+    # the default form with the unbounded scale Omega / m (no saturation; SGD's stability then
+    # depends on the largest importance, Adam has no such limit)
+    "mean_batch_so_bf": {**_SO_BF_FORM, "spp_scale": "mean"},
+    # the default form with W* the importance-weighted mean of the weights after each task
+    "sat_batch_so_bf_wa": {**_SO_BF_FORM, "spp_anchor": "weighted"},
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",

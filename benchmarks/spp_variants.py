@@ -42,6 +42,13 @@ in docs/results/spp_defaults):
   label-free estimate of the loss's mean curvature, so ``lam = 1`` makes a fully important weight
   about as stiff as the loss is along a typical weight, whatever the model. Not in the paper.
   ``measure_curvature=True`` measures and keeps ``c`` without applying it (a diagnostic).
+- ``anchor_mode="weighted"``: ``W*`` of each weight the importance-weighted mean of its values after
+  each task, ``sum_k Omega_k W*_k / sum_k Omega_k``, instead of its value after the last task. With
+  summed importances the penalty ``sum_k Omega_k (W - W*_k)**2`` of one anchor per task (EWC's
+  separate penalties) equals ``(sum_k Omega_k) (W - W*)**2`` with this ``W*``, up to a constant, so
+  a weight that mattered to an old task is pulled back to where that task left it, not to where
+  the later, freer tasks moved it. Two tensors per parameter, as with the last anchor. Not in the
+  paper (its eq. 5 anchors at the last task's weights).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from avalanche_spp._model_parts import _grow_to
 from avalanche_spp.importance import (
     categorical_entropy,
     check_choice,
@@ -65,6 +73,7 @@ from benchmarks.analysis_measures import eval_mode
 
 NORMALIZATIONS = (None, "max", "softmax")
 MASK_MEANS = ("all", "tensor", "experience", "median")
+ANCHORS = ("last", "weighted")
 STIFFNESSES = ("unit", "curvature")
 IMPORTANCES = ("entropy", "output_norm")
 
@@ -86,12 +95,17 @@ class SPPVariantPlugin(SPPPlugin):
         stiffness: str = "unit",
         curvature_samples: int = 256,
         measure_curvature: bool = False,
+        anchor_mode: str = "last",
         **options: Any,
     ) -> None:
         """``SPPPlugin(lam, **options)``, plus ``normalize``, ``beta``, ``curvature_cap``, ``importance``,
         ``temperature``, ``sharpness``, ``mask_mean``, ``stiffness``, ``curvature_samples``,
-        ``measure_curvature``."""
+        ``measure_curvature``, ``anchor_mode``."""
         super().__init__(lam, **options)
+        check_choice("anchor_mode", anchor_mode, ANCHORS)
+        if anchor_mode == "weighted" and self.accumulate != "sum":
+            raise ValueError(f'anchor_mode="weighted" needs accumulate="sum", not {self.accumulate!r}')
+        self.anchor_mode = anchor_mode
         check_choice("mask_mean", mask_mean, MASK_MEANS)
         if mask_mean != "all" and self.scale != "saturate":
             raise ValueError(f'mask_mean applies to scale="saturate" only, not {self.scale!r}')
@@ -194,8 +208,16 @@ class SPPVariantPlugin(SPPPlugin):
     def update(self, model: nn.Module, omega: dict[str, Tensor]) -> None:
         """Normalise this experience's importance per tensor, then fold it in as the library does."""
         omega = {n: normalize_importance(v, self.normalize, self.beta) for n, v in omega.items()}
+        old_omega, old_anchor = dict(self.omega), dict(self.anchor)
         super().update(model, omega)
         self.experiences_seen += 1
+        if self.anchor_mode == "weighted":
+            with torch.no_grad():
+                for name, total in self.omega.items():
+                    if name in old_omega:  # the new W* = (Omega_old W*_old + Omega_new W) / Omega_total
+                        self.anchor[name] = weighted_anchor(
+                            old_omega[name], old_anchor[name], total, self.anchor[name]
+                        )
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -210,6 +232,7 @@ class SPPVariantPlugin(SPPPlugin):
             stiffness=self.stiffness,
             curvature_samples=self.curvature_samples,
             measure_curvature=self.measure_curvature,
+            anchor_mode=self.anchor_mode,
         )
         state["curvatures"] = list(self.curvatures)
         state["experiences_seen"] = self.experiences_seen
@@ -220,6 +243,17 @@ class SPPVariantPlugin(SPPPlugin):
         self.beta = float(self.beta)
         self.curvatures = [float(c) for c in state.get("curvatures", [])]
         self.experiences_seen = int(state.get("experiences_seen", 0))
+
+
+def weighted_anchor(old_omega: Tensor, old_anchor: Tensor, total: Tensor, current: Tensor) -> Tensor:
+    """``(Omega_old W*_old + (total - Omega_old) W) / total``, ``W`` where ``total`` is 0; an old
+    ``Omega`` / ``W*`` with fewer rows than ``total`` (a grown head) is zero-padded."""
+    old_omega = _grow_to(old_omega, total.shape, "omega", what="importance").to(total.device)
+    old_anchor = _grow_to(old_anchor, total.shape, "anchor", what="anchor").to(total.device)
+    mixed = (old_omega * old_anchor + (total - old_omega) * current) / total.clamp_min(
+        torch.finfo(total.dtype).tiny
+    )
+    return torch.where(total > 0, mixed, current)
 
 
 def _check_positive_finite(name: str, value: Any) -> None:

@@ -85,6 +85,11 @@ def test_every_spp_setting_of_the_train_config_reaches_the_plugin():
     assert found.state_dict()["settings"]["temperature"] == 4.0
     with pytest.raises(ValueError, match="spp_temperature must be a finite number > 0"):
         TrainConfig(spp_temperature=0.0)
+    weighted = build_strategy("spp", model, TrainConfig(epochs=1, hidden=(16,), spp_anchor="weighted"))
+    (found,) = [p for p in weighted.plugins if isinstance(p, SPPPlugin)]
+    assert found.state_dict()["settings"]["anchor_mode"] == "weighted"
+    with pytest.raises(ValueError, match="spp_anchor must be one of"):
+        TrainConfig(spp_anchor="first")
 
 
 def test_every_method_gets_the_same_number_of_grid_points_around_its_default():

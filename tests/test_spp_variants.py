@@ -412,3 +412,47 @@ def test_the_median_mask_divides_by_the_median_importance_by_hand():
     library = SPPPlugin(lam=1.0)  # the library's mean: the heavy tail (30) frees the rest
     library.update(model, omega)
     assert float(library._training_terms(model)[2][0][1, 0]) == pytest.approx(2.0 / (2.0 + 40.0 / 6))
+
+
+def test_the_weighted_anchor_is_the_importance_weighted_mean_of_the_past_anchors_by_hand():
+    model = nn.Linear(2, 1, bias=False)
+    plugin = SPPVariantPlugin(lam=1.0, anchor_mode="weighted")
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 1.0]]))
+    plugin.update(model, {"weight": torch.tensor([[1.0, 0.0]])})
+    torch.testing.assert_close(plugin.anchor["weight"], torch.tensor([[1.0, 1.0]]))  # one task: its weights
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[4.0, 5.0]]))
+    plugin.update(model, {"weight": torch.tensor([[2.0, 3.0]])})
+    # (1 * 1 + 2 * 4) / 3 = 3; the second weight mattered to the second task only: its weights there
+    torch.testing.assert_close(plugin.anchor["weight"], torch.tensor([[3.0, 5.0]]))
+    # the gradient is that of one penalty per task, sum_k Omega_k (W - W*_k)^2
+    w = torch.tensor([[2.0, 7.0]], requires_grad=True)
+    per_task = (
+        torch.tensor([[1.0, 0.0]]) * (w - 1.0) ** 2
+        + torch.tensor([[2.0, 3.0]]) * (w - torch.tensor([[4.0, 5.0]])) ** 2
+    ).sum()
+    per_task.backward()
+    torch.testing.assert_close(w.grad, 2 * plugin.omega["weight"] * (w.detach() - plugin.anchor["weight"]))
+    # the library keeps the last task's weights
+    library = SPPPlugin(lam=1.0)
+    library.update(model, {"weight": torch.tensor([[1.0, 0.0]])})
+    torch.testing.assert_close(library.anchor["weight"], torch.tensor([[4.0, 5.0]]))
+    restored = SPPVariantPlugin(lam=1.0)
+    restored.load_state_dict(plugin.state_dict())
+    assert restored.anchor_mode == "weighted"
+    with pytest.raises(ValueError, match="anchor_mode must be one of"):
+        SPPVariantPlugin(anchor_mode="first")
+    with pytest.raises(ValueError, match='needs accumulate="sum"'):
+        SPPVariantPlugin(anchor_mode="weighted", accumulate="max")
+
+
+def test_a_weight_without_importance_is_anchored_where_it_is_and_a_grown_head_is_padded():
+    from benchmarks.spp_variants import weighted_anchor
+
+    old_omega, old_anchor = torch.tensor([0.0, 2.0]), torch.tensor([9.0, 1.0])
+    total = torch.tensor([0.0, 2.0, 1.0])  # a third row grown since, no importance before
+    current = torch.tensor([4.0, 6.0, 8.0])
+    torch.testing.assert_close(
+        weighted_anchor(old_omega, old_anchor, total, current), torch.tensor([4.0, 1.0, 8.0])
+    )
