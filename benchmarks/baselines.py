@@ -106,6 +106,7 @@ class TrainConfig:
     spp_measure_curvature: bool = False  # keep that curvature in the run record, unapplied (a diagnostic)
     spp_mask_mean: str = "all"  # "tensor" / "experience": the saturating mask's m (a harness experiment)
     spp_anchor: str = "last"  # "weighted": W* the Omega-weighted mean of past W* (a harness experiment)
+    spp_decay: float = 1.0  # past importance times this before each new one is added (a harness experiment)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -143,6 +144,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not _finite_positive(self.spp_temperature):
             raise ValueError(f"spp_temperature must be a finite number > 0, got {self.spp_temperature!r}")
+        decay = self.spp_decay
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+            raise ValueError(f"spp_decay must be a number in (0, 1], got {decay!r}")
         if not _finite_positive(self.spp_sharpness):
             raise ValueError(f"spp_sharpness must be a finite number > 0, got {self.spp_sharpness!r}")
         cap = self.spp_curvature_cap
@@ -251,6 +255,8 @@ def build_strategy(
             variants["stiffness"] = config.spp_stiffness
         if config.spp_anchor != "last":
             variants["anchor_mode"] = config.spp_anchor
+        if config.spp_decay != 1.0:
+            variants["decay"] = config.spp_decay
         if config.spp_measure_curvature:
             variants["measure_curvature"] = True
         if any(value is not None for value in variants.values()):  # an experiment of the harness

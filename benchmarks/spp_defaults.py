@@ -152,6 +152,9 @@ FORMS: dict[str, dict[str, Any]] = {
     # the default form, for plasticity: a Hill mask of exponent 2 (the many weights of small
     # 1/2 W^2 F nearly free), m per tensor, or the importances of successive tasks by their maximum
     "sat_batch_so_bf_h2": {**_SO_BF_FORM, "spp_sharpness": 2.0},
+    # and a flatter mask, r**0.5 / (1 + r**0.5): the many weights of small importance less free
+    # (sqrt(1/2 W^2 F) is |g W| / sqrt(2), the first-order pruning saliency's magnitude)
+    "sat_batch_so_bf_h05": {**_SO_BF_FORM, "spp_sharpness": 0.5},
     "sat_batch_so_bf_tm": {**_SO_BF_FORM, "spp_mask_mean": "tensor"},
     "sat_batch_so_bf_max": {**_SO_BF_FORM, "spp_accumulate": "max"},
     # and with the entropy of softmax(z / 4): inputs the model is sure of count too
@@ -163,6 +166,8 @@ FORMS: dict[str, dict[str, Any]] = {
     "mean_batch_so_bf": {**_SO_BF_FORM, "spp_scale": "mean"},
     # the default form with W* the importance-weighted mean of the weights after each task
     "sat_batch_so_bf_wa": {**_SO_BF_FORM, "spp_anchor": "weighted"},
+    # and with past importance halved before each new one is added (MAS's alpha = 0.5 weighting)
+    "sat_batch_so_bf_d05": {**_SO_BF_FORM, "spp_decay": 0.5},
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",

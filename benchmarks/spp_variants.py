@@ -49,6 +49,11 @@ in docs/results/spp_defaults):
   a weight that mattered to an old task is pulled back to where that task left it, not to where
   the later, freer tasks moved it. Two tensors per parameter, as with the last anchor. Not in the
   paper (its eq. 5 anchors at the last task's weights).
+- ``decay=a``: the accumulated importance multiplied by ``a`` before each new experience's is
+  added, ``S_t = a S_(t-1) + Omega_t``, so a task ``k`` experiences back counts ``a**k`` times its
+  own; ``a = 0.5`` weighs the tasks as Avalanche's ``MASPlugin(alpha=0.5)`` does (its
+  ``alpha * old + (1 - alpha) * new`` is ``(1 - alpha) S_t``, the same mask). ``1``: the library's sum.
+  Not in the paper (its importances add up).
 """
 
 from __future__ import annotations
@@ -96,16 +101,21 @@ class SPPVariantPlugin(SPPPlugin):
         curvature_samples: int = 256,
         measure_curvature: bool = False,
         anchor_mode: str = "last",
+        decay: float = 1.0,
         **options: Any,
     ) -> None:
         """``SPPPlugin(lam, **options)``, plus ``normalize``, ``beta``, ``curvature_cap``, ``importance``,
         ``temperature``, ``sharpness``, ``mask_mean``, ``stiffness``, ``curvature_samples``,
-        ``measure_curvature``, ``anchor_mode``."""
+        ``measure_curvature``, ``anchor_mode``, ``decay``."""
         super().__init__(lam, **options)
         check_choice("anchor_mode", anchor_mode, ANCHORS)
         if anchor_mode == "weighted" and self.accumulate != "sum":
             raise ValueError(f'anchor_mode="weighted" needs accumulate="sum", not {self.accumulate!r}')
         self.anchor_mode = anchor_mode
+        bad = isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1
+        if bad or (decay != 1.0 and self.accumulate != "sum"):
+            raise ValueError(f'decay must be a number in (0, 1] (with accumulate="sum"), got {decay!r}')
+        self.decay = float(decay)
         check_choice("mask_mean", mask_mean, MASK_MEANS)
         if mask_mean != "all" and self.scale != "saturate":
             raise ValueError(f'mask_mean applies to scale="saturate" only, not {self.scale!r}')
@@ -208,6 +218,8 @@ class SPPVariantPlugin(SPPPlugin):
     def update(self, model: nn.Module, omega: dict[str, Tensor]) -> None:
         """Normalise this experience's importance per tensor, then fold it in as the library does."""
         omega = {n: normalize_importance(v, self.normalize, self.beta) for n, v in omega.items()}
+        if self.decay != 1.0:
+            self.omega = {n: self.decay * v for n, v in self.omega.items()}
         old_omega, old_anchor = dict(self.omega), dict(self.anchor)
         super().update(model, omega)
         self.experiences_seen += 1
@@ -233,6 +245,7 @@ class SPPVariantPlugin(SPPPlugin):
             curvature_samples=self.curvature_samples,
             measure_curvature=self.measure_curvature,
             anchor_mode=self.anchor_mode,
+            decay=self.decay,
         )
         state["curvatures"] = list(self.curvatures)
         state["experiences_seen"] = self.experiences_seen

@@ -90,6 +90,11 @@ def test_every_spp_setting_of_the_train_config_reaches_the_plugin():
     assert found.state_dict()["settings"]["anchor_mode"] == "weighted"
     with pytest.raises(ValueError, match="spp_anchor must be one of"):
         TrainConfig(spp_anchor="first")
+    decayed = build_strategy("spp", model, TrainConfig(epochs=1, hidden=(16,), spp_decay=0.5))
+    (found,) = [p for p in decayed.plugins if isinstance(p, SPPPlugin)]
+    assert found.state_dict()["settings"]["decay"] == 0.5
+    with pytest.raises(ValueError, match=r"spp_decay must be a number in \(0, 1\]"):
+        TrainConfig(spp_decay=0.0)
 
 
 def test_every_method_gets_the_same_number_of_grid_points_around_its_default():

@@ -456,3 +456,24 @@ def test_a_weight_without_importance_is_anchored_where_it_is_and_a_grown_head_is
     torch.testing.assert_close(
         weighted_anchor(old_omega, old_anchor, total, current), torch.tensor([4.0, 1.0, 8.0])
     )
+
+
+def test_the_decay_variant_weighs_a_task_k_experiences_back_by_decay_to_the_k_by_hand():
+    model = nn.Linear(2, 1, bias=False)
+    plugin = SPPVariantPlugin(lam=1.0, decay=0.5)
+    for omega in ([[4.0, 0.0]], [[0.0, 2.0]], [[1.0, 1.0]]):
+        plugin.update(model, {"weight": torch.tensor(omega)})
+    # 0.25 * [4, 0] + 0.5 * [0, 2] + [1, 1]
+    torch.testing.assert_close(plugin.omega["weight"], torch.tensor([[2.0, 2.0]]))
+    restored = SPPVariantPlugin(lam=1.0)
+    restored.load_state_dict(plugin.state_dict())
+    assert restored.decay == 0.5
+    library = SPPPlugin(lam=1.0)  # the library's sum
+    for omega in ([[4.0, 0.0]], [[0.0, 2.0]], [[1.0, 1.0]]):
+        library.update(model, {"weight": torch.tensor(omega)})
+    torch.testing.assert_close(library.omega["weight"], torch.tensor([[5.0, 3.0]]))
+    for bad in (0, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match=r"decay must be a number in \(0, 1\]"):
+            SPPVariantPlugin(decay=bad)
+    with pytest.raises(ValueError, match="decay must be"):
+        SPPVariantPlugin(decay=0.5, accumulate="max")
