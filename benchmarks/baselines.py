@@ -90,6 +90,7 @@ class TrainConfig:
     dropout: float | None = None  # dropout; None: the model's default (MLP 0, CNN heads 0.5 as the paper)
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
     reset_optimizer: bool = True  # a fresh optimiser state per experience (False: Avalanche's default, kept)
+    single_head: bool = False  # one shared head for every method (domain-incremental); else uses_multi_head
     spp_fisher: str = DEFAULT_FISHER  # SPP's Fisher estimate
     spp_scale: str = DEFAULT_SCALE  # how SPP's importance weighs its penalty (see SPPPlugin)
     spp_taylor_of: str = DEFAULT_TAYLOR_OF  # what SPP's Taylor estimate measures (its first-order sign)
@@ -139,7 +140,7 @@ class TrainConfig:
         check_choice("spp_mask_mean", self.spp_mask_mean, MASK_MEANS)
         check_choice("spp_anchor", self.spp_anchor, ANCHORS)
         check_choice("spp_stiffness", self.spp_stiffness, STIFFNESSES)
-        for name in ("spp_measure_curvature", "reset_optimizer"):
+        for name in ("spp_measure_curvature", "reset_optimizer", "single_head"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not _finite_positive(self.spp_temperature):

@@ -45,6 +45,7 @@ class Stream:
     eval_limit: int | None = None  # evaluation samples per task (None: all)
     n_tasks: int | None = None
     reset_optimizer: bool = True  # a fresh optimiser state per experience (False: Avalanche's default)
+    single_head: bool = False  # one head shared by every task (domain-incremental), Naive's too
 
 
 STREAMS = {
@@ -58,18 +59,26 @@ STREAMS = {
         ("permuted_fmnist", "_10k", 10_000, None),
         ("permuted_fmnist", "_3k", 3_000, None),
         ("permuted_fmnist", "_3k_e1k", 3_000, 1_000),
+        ("permuted_fmnist", "_10k_e2k", 10_000, 2_000),
         ("split_digits", "", None, None),
     )
     for opt in ("sgd", "adam")
     for epochs in (2, 5)
     for reset in (True, False)
 }  # fmt: skip
-"""``<benchmark>_<optimiser><epochs>[_10k|_3k][_keep]``: SGD lr 0.01 momentum 0.9, or Adam lr 1e-3;
-batch 128; ``_10k`` / ``_3k``: that many training samples per task; ``_e1k``: 1000 evaluation
-samples per task (the permuted streams' evaluation of every task after every task dominates their
-time); ``_keep``: the optimiser's state (SGD momentum, Adam's moments) kept from one experience to
-the next, Avalanche's default and what ``Naive(model, optimizer, ...)`` does unless told otherwise
-(without it the harness resets the state at every experience)."""
+STREAMS.update({
+    f"{name}_sh": replace(stream, single_head=True)
+    for name, stream in list(STREAMS.items()) if stream.benchmark == "permuted_fmnist"
+})  # fmt: skip
+"""``<benchmark>_<optimiser><epochs>[_10k|_3k][_e1k|_e2k][_keep][_sh]``: SGD lr 0.01 momentum
+0.9, or Adam lr 1e-3; batch 128; ``_10k`` / ``_3k``: that many training samples per task;
+``_e1k`` / ``_e2k``: 1000 / 2000 evaluation samples per task (the permuted streams' evaluation of
+every task after every task dominates their time); ``_keep``: the optimiser's state (SGD momentum,
+Adam's moments) kept from one experience to the next, Avalanche's default and what
+``Naive(model, optimizer, ...)`` does unless told otherwise (without it the harness resets the
+state at every experience); ``_sh`` (permuted streams): one head shared by every task, for every
+method (domain-incremental: the tasks share their ten labels), where the other streams give each
+task its own head."""
 
 _NEG_BF_FORM: dict[str, Any] = {
     "spp_scale": "saturate",
@@ -161,6 +170,8 @@ FORMS: dict[str, dict[str, Any]] = {
     "sat_batch_so_bf_t4": {**_SO_BF_FORM, "spp_temperature": 4.0},
     # and with the mask's m the median importance: half the weights have M >= 1/2 on any model
     "sat_batch_so_bf_md": {**_SO_BF_FORM, "spp_mask_mean": "median"},
+    # and with m the mean importance of the parameters the new task's loss reaches (not old heads)
+    "sat_batch_so_bf_rm": {**_SO_BF_FORM, "spp_mask_mean": "reached"},
     # the default form with the unbounded scale Omega / m (no saturation; SGD's stability then
     # depends on the largest importance, Adam has no such limit)
     "mean_batch_so_bf": {**_SO_BF_FORM, "spp_scale": "mean"},
@@ -205,6 +216,7 @@ def run_one(
         lr=stream.lr,
         optimizer=stream.optimizer,
         reset_optimizer=stream.reset_optimizer,
+        single_head=stream.single_head,
         **form,
     )
     limits = {"train_limit": stream.train_limit, "eval_limit": stream.eval_limit}

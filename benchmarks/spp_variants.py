@@ -35,7 +35,10 @@ in docs/results/spp_defaults):
   (with ``"all"`` its ``M`` falls about as ``1 / t``). ``mask_mean="median"``: ``m`` the median
   accumulated ``Omega`` over every penalised scalar, so half the weights have ``M >= 1/2`` whatever
   the tail of the importance (the second-order importance's mean is ten times its median on the
-  MLP; a CNN's tail may differ). Not in the paper.
+  MLP; a CNN's tail may differ). ``mask_mean="reached"``: ``m`` the mean accumulated ``Omega`` of the
+  parameters the current task's loss reaches (those with a ``.grad`` at its first step; gradient
+  path only), so the heads of old tasks, which hold most of a multi-head model's importance and
+  which the new task never moves, do not set the stiffness of the shared weights. Not in the paper.
 - ``stiffness="curvature"``: the penalty ``lam * c * M * (W - W*)**2``, ``c`` the mean over the
   penalised scalars of the model's expected Fisher (labels drawn from its own softmax, one input at
   a time, ``curvature_samples`` inputs of each experience), averaged over the experiences so far: a
@@ -77,7 +80,7 @@ from avalanche_spp.plugin import SPPPlugin, sgd_strength_limit
 from benchmarks.analysis_measures import eval_mode
 
 NORMALIZATIONS = (None, "max", "softmax")
-MASK_MEANS = ("all", "tensor", "experience", "median")
+MASK_MEANS = ("all", "tensor", "experience", "median", "reached")
 ANCHORS = ("last", "weighted")
 STIFFNESSES = ("unit", "curvature")
 IMPORTANCES = ("entropy", "output_norm")
@@ -181,6 +184,10 @@ class SPPVariantPlugin(SPPPlugin):
                 every = torch.cat([self.omega[names[id(p)]].flatten().double().cpu() for p in params])
                 median = float(every.median()) if every.numel() else 0.0
                 omegas = [scaled_importance(self.omega[names[id(p)]], "saturate", median) for p in params]
+            elif self.mask_mean == "reached":  # built at the first step's after_backward: .grad set
+                reached = [self.omega[names[id(p)]] for p in params if p.grad is not None]
+                mean = mean_importance(reached) if reached else 0.0
+                omegas = [scaled_importance(self.omega[names[id(p)]], "saturate", mean) for p in params]
             else:
                 mean = self.importance_mean() / max(1, self.experiences_seen)
                 omegas = [scaled_importance(self.omega[names[id(p)]], "saturate", mean) for p in params]

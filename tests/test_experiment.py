@@ -154,3 +154,18 @@ def test_reset_optimizer_decides_whether_adams_state_outlives_an_experience(rese
     assert steps == ([per_task] * 5 if reset else [per_task * (j + 1) for j in range(5)])
     with pytest.raises(ValueError, match="reset_optimizer must be True or False"):
         TrainConfig(reset_optimizer="no")
+
+
+def test_single_head_gives_every_method_one_shared_head():
+    kinds = []
+    for single_head in (True, False):
+        train = TrainConfig(epochs=1, hidden=(16,), single_head=single_head)
+        run_method(
+            "spp",
+            train=train,
+            on_task_end=lambda j, strategy: kinds.append(type(strategy.model).__name__),
+            **DIGITS,
+        )
+    assert kinds == ["SingleHeadMLP"] * 5 + ["MultiHeadMLP"] * 5
+    with pytest.raises(ValueError, match="single_head must be True or False"):
+        TrainConfig(single_head=1)

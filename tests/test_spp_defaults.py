@@ -215,3 +215,17 @@ def test_a_keep_stream_runs_with_the_optimiser_state_kept_and_is_otherwise_its_b
     for stream in (keep, base):
         record = run_one(replace(stream, train_limit=64), "finetune", {}, None, 0)
         assert record["config"]["train"]["reset_optimizer"] is stream.reset_optimizer
+
+
+def test_a_single_head_stream_runs_one_shared_head_and_is_otherwise_its_base_stream():
+    from dataclasses import replace
+
+    from benchmarks.spp_defaults import run_one
+
+    shared, base = STREAMS["permuted_fmnist_sgd2_3k_e1k_keep_sh"], STREAMS["permuted_fmnist_sgd2_3k_e1k_keep"]
+    assert shared.single_head and not base.single_head and replace(shared, single_head=False) == base
+    assert not any(s.single_head for name, s in STREAMS.items() if not name.startswith("permuted_fmnist"))
+    digits = replace(STREAMS["split_digits_sgd2"], train_limit=64)  # the flag on a cheap stream
+    for single_head in (True, False):
+        record = run_one(replace(digits, single_head=single_head), "finetune", {}, None, 0)
+        assert record["config"]["train"]["single_head"] is single_head

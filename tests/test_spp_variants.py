@@ -477,3 +477,22 @@ def test_the_decay_variant_weighs_a_task_k_experiences_back_by_decay_to_the_k_by
             SPPVariantPlugin(decay=bad)
     with pytest.raises(ValueError, match="decay must be"):
         SPPVariantPlugin(decay=0.5, accumulate="max")
+
+
+def test_the_reached_mask_divides_by_the_mean_importance_of_the_parameters_with_a_grad_by_hand():
+    trunk, old_head = nn.Linear(2, 2, bias=False), nn.Linear(2, 1, bias=False)
+    model = nn.ModuleDict({"trunk": trunk, "old_head": old_head})
+    omega = {
+        "trunk.weight": torch.tensor([[1.0, 3.0], [0.0, 4.0]]),
+        "old_head.weight": torch.tensor([[40.0, 40.0]]),
+    }
+    plugin = SPPVariantPlugin(lam=1.0, mask_mean="reached")
+    plugin.update(model, omega)
+    trunk(torch.ones(1, 2)).sum().backward()  # this task's loss reaches the trunk, not the old head
+    params, _, masks = plugin._training_terms(model)
+    by_name = dict(zip(["trunk.weight", "old_head.weight"], masks, strict=True))
+    m = 8.0 / 4  # the trunk's mean, not the mean over all six scalars (88 / 6)
+    torch.testing.assert_close(by_name["trunk.weight"], omega["trunk.weight"] / (omega["trunk.weight"] + m))
+    library = SPPPlugin(lam=1.0)
+    library.update(model, omega)
+    assert float(library._training_terms(model)[2][0][0, 1]) == pytest.approx(3.0 / (3.0 + 88.0 / 6))
