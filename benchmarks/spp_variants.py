@@ -36,9 +36,10 @@ in docs/results/spp_defaults):
   accumulated ``Omega`` over every penalised scalar, so half the weights have ``M >= 1/2`` whatever
   the tail of the importance (the second-order importance's mean is ten times its median on the
   MLP; a CNN's tail may differ). ``mask_mean="reached"``: ``m`` the mean accumulated ``Omega`` of the
-  parameters the current task's loss reaches (those with a ``.grad`` at its first step; gradient
-  path only), so the heads of old tasks, which hold most of a multi-head model's importance and
-  which the new task never moves, do not set the stiffness of the shared weights. Not in the paper.
+  parameters the current task's loss reaches (those with a ``.grad`` at its first step, so the
+  gradient path only, and optimisers that zero gradients to ``None``, PyTorch's default), so the
+  heads of old tasks, which hold most of a multi-head model's importance and which the new task
+  never moves, do not set the stiffness of the shared weights. Not in the paper.
 - ``stiffness="curvature"``: the penalty ``lam * c * M * (W - W*)**2``, ``c`` the mean over the
   penalised scalars of the model's expected Fisher (labels drawn from its own softmax, one input at
   a time, ``curvature_samples`` inputs of each experience), averaged over the experiences so far: a
@@ -122,6 +123,10 @@ class SPPVariantPlugin(SPPPlugin):
         check_choice("mask_mean", mask_mean, MASK_MEANS)
         if mask_mean != "all" and self.scale != "saturate":
             raise ValueError(f'mask_mean applies to scale="saturate" only, not {self.scale!r}')
+        if mask_mean == "reached" and self.penalty_via != "gradient":
+            raise ValueError(
+                'mask_mean="reached" reads the .grad of the first step: it needs penalty_via="gradient"'
+            )
         self.mask_mean = mask_mean
         self.experiences_seen = 0
         check_choice("stiffness", stiffness, STIFFNESSES)

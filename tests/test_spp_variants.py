@@ -496,3 +496,5 @@ def test_the_reached_mask_divides_by_the_mean_importance_of_the_parameters_with_
     library = SPPPlugin(lam=1.0)
     library.update(model, omega)
     assert float(library._training_terms(model)[2][0][0, 1]) == pytest.approx(3.0 / (3.0 + 88.0 / 6))
+    with pytest.raises(ValueError, match='needs penalty_via="gradient"'):
+        SPPVariantPlugin(mask_mean="reached", penalty_via="loss")  # no .grad yet when the loss is built
