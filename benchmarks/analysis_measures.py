@@ -238,10 +238,11 @@ def rebuild_model(
 
     config = record["config"]
     info = benchmark_info(record["benchmark"], n_tasks=config["n_tasks"])
-    single_head = bool(config.get("train", {}).get("single_head", False))
-    options: dict[str, Any] = {"multi_head": uses_multi_head(record["method"]) and not single_head}
+    train = config.get("train", {})
+    options: dict[str, Any] = {
+        "multi_head": uses_multi_head(record["method"], bool(train.get("single_head", False)))
+    }
     if info.model_family == "mlp":
-        train = config.get("train", {})
         options.update(hidden=tuple(train.get("hidden", (512, 256))), dropout=train.get("dropout", 0.0))
     model = make_model(info, **options)
     if is_multi_task_module(model):

@@ -165,9 +165,10 @@ class TrainConfig:
             )
 
 
-def uses_multi_head(method: str) -> bool:
-    """Every method but single-head ``sgd`` gets one output head per task."""
-    return _check_method(method) != "sgd"
+def uses_multi_head(method: str, single_head: bool = False) -> bool:
+    """Every method but single-head ``sgd`` gets one output head per task, unless ``single_head``
+    (``TrainConfig.single_head``) gives every method one shared head."""
+    return _check_method(method) != "sgd" and not single_head
 
 
 def default_strength(method: str) -> float | None:

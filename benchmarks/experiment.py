@@ -113,7 +113,7 @@ def run_method(
         benchmark, split=split, seed=seed, data_root=data_root, n_tasks=n_tasks, **options
     )
     info = benchmark_info(benchmark, n_tasks=n_tasks, image_size=options.get("image_size"))
-    multi_head = uses_multi_head(method) and not train.single_head
+    multi_head = uses_multi_head(method, train.single_head)
     model = make_model(info, multi_head=multi_head, hidden=train.hidden, dropout=train.dropout)
     with warnings.catch_warnings():  # "No loggers specified": intended, the record is the log
         warnings.filterwarnings("ignore", message="No loggers specified")

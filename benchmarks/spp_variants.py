@@ -183,19 +183,12 @@ class SPPVariantPlugin(SPPPlugin):
         params, anchors, omegas = super()._training_terms(model)
         if self.mask_mean != "all":  # the mask again, from Omega, with another mean
             names = {id(p): n for n, p in model.named_parameters()}
+            totals = [self.omega[names[id(p)]] for p in params]
             if self.mask_mean == "tensor":
-                omegas = [per_tensor_mask(self.omega[names[id(p)]]) for p in params]
-            elif self.mask_mean == "median":
-                every = torch.cat([self.omega[names[id(p)]].flatten().double().cpu() for p in params])
-                median = float(every.median()) if every.numel() else 0.0
-                omegas = [scaled_importance(self.omega[names[id(p)]], "saturate", median) for p in params]
-            elif self.mask_mean == "reached":  # built at the first step's after_backward: .grad set
-                reached = [self.omega[names[id(p)]] for p in params if p.grad is not None]
-                mean = mean_importance(reached) if reached else 0.0
-                omegas = [scaled_importance(self.omega[names[id(p)]], "saturate", mean) for p in params]
+                omegas = [per_tensor_mask(o) for o in totals]
             else:
-                mean = self.importance_mean() / max(1, self.experiences_seen)
-                omegas = [scaled_importance(self.omega[names[id(p)]], "saturate", mean) for p in params]
+                m = self._mask_m(totals, params)
+                omegas = [scaled_importance(o, "saturate", m) for o in totals]
         if self.sharpness != 1.0:
             omegas = [sharpen(o, self.sharpness) for o in omegas]
         if self._omega_limit is not None:
@@ -204,6 +197,15 @@ class SPPVariantPlugin(SPPPlugin):
             c = sum(self.curvatures) / len(self.curvatures)
             omegas = [o * c for o in omegas]
         return params, anchors, omegas
+
+    def _mask_m(self, totals: list[Tensor], params: list[nn.Parameter]) -> float:
+        """The saturating mask's ``m`` for ``mask_mean`` ``"median"``, ``"reached"`` or ``"experience"``."""
+        if self.mask_mean == "median":
+            every = torch.cat([o.flatten().double().cpu() for o in totals])
+            return float(every.median()) if every.numel() else 0.0
+        if self.mask_mean == "reached":  # built at the first step's after_backward: .grad set
+            return mean_importance(o for o, p in zip(totals, params, strict=True) if p.grad is not None)
+        return self.importance_mean() / max(1, self.experiences_seen)
 
     def _importance(self, model: nn.Module, batches: Iterable[Any], **options: Any) -> dict[str, Tensor]:
         """SPP's importance (of the tempered entropy if ``temperature != 1``), or MAS's; ``options``

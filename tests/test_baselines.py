@@ -41,6 +41,7 @@ def test_each_method_is_built_with_its_plugin_and_model(method):
     info = benchmark_info("split_digits")
     model = make_model(info, multi_head=uses_multi_head(method), hidden=(16,))
     assert isinstance(model, SingleHeadMLP if method == "sgd" else MultiHeadMLP)
+    assert not uses_multi_head(method, single_head=True)  # TrainConfig.single_head: one head for every method
     strategy = build_strategy(method, model, TrainConfig(epochs=1, hidden=(16,)))
     assert isinstance(strategy, JointTraining if method == "joint" else Naive)
     found = [p for p in strategy.plugins if isinstance(p, PLUGIN[method])] if method in PLUGIN else []
