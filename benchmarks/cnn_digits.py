@@ -196,7 +196,7 @@ def _options(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str, 
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma list of seeds")
     parser.add_argument("--out", required=True, help="JSON output (a .md table is written beside it)")
     parser.add_argument(
-        "--mask-mean", default="all", choices=("all", "median", "tensor"),
+        "--mask-mean", default="all", choices=("all", "median", "tensor", "reached"),
         help="the saturating mask's m: all (SPPPlugin's mean), or a harness variant's",
     )  # fmt: skip
     parser.add_argument("--stream", default="digits", choices=STREAMS, help="digits (toy) or fmnist")

@@ -73,6 +73,7 @@ class RunConfig:
     spp_importance_samples: int | None = None
     spp_curvature_cap: float | None = None  # not in the paper: cap lam*Omega for SGD stability
     keep_optimizer_state: bool = False  # Avalanche's default (True) instead of a fresh state per task
+    single_head: bool = False  # one head shared by every task, for every method (domain-incremental)
     save_tensors: bool = False  # keep weights and importances after each task (benchmarks.analyze)
     threads: int | None = None  # torch threads (None: torch's default)
     quiet: bool = False  # no progress bars
@@ -98,6 +99,7 @@ class RunConfig:
             spp_importance_samples=self.spp_importance_samples,
             spp_curvature_cap=self.spp_curvature_cap,
             reset_optimizer=not self.keep_optimizer_state,
+            single_head=self.single_head,
         )
 
     def benchmark_options(self) -> dict[str, int]:
@@ -190,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-optimizer-state", action="store_const", const=True,
         help="keep momentum / Adam's moments from one task to the next (Avalanche's default); "
         "without it every method starts each task with a fresh optimiser state",
+    )  # fmt: skip
+    parser.add_argument(
+        "--single-head", action="store_const", const=True,
+        help="one output head shared by every task, for every method (domain-incremental: the tasks share "
+        "their labels); without it every method but sgd gets one head per task",
     )  # fmt: skip
     parser.add_argument("--save-tensors", action="store_const", const=True)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -343,7 +350,7 @@ def _check_run_settings(parser: argparse.ArgumentParser, settings: dict[str, Any
 
 
 # JSON types of the settings a --config file may hold (flags are typed by argparse already).
-_BOOL_SETTINGS = ("tune", "keep_optimizer_state", "save_tensors", "quiet", "force", "resume")
+_BOOL_SETTINGS = ("tune", "keep_optimizer_state", "single_head", "save_tensors", "quiet", "force", "resume")
 
 
 _INT_SETTINGS = (

@@ -68,7 +68,7 @@ STREAMS = {
 }  # fmt: skip
 STREAMS.update({
     f"{name}_sh": replace(stream, single_head=True)
-    for name, stream in list(STREAMS.items()) if stream.benchmark == "permuted_fmnist"
+    for name, stream in list(STREAMS.items()) if stream.benchmark in ("permuted_fmnist", "split_fmnist")
 })  # fmt: skip
 """``<benchmark>_<optimiser><epochs>[_10k|_3k][_e1k|_e2k][_keep][_sh]``: SGD lr 0.01 momentum
 0.9, or Adam lr 1e-3; batch 128; ``_10k`` / ``_3k``: that many training samples per task;
@@ -76,9 +76,9 @@ STREAMS.update({
 every task after every task dominates their time); ``_keep``: the optimiser's state (SGD momentum,
 Adam's moments) kept from one experience to the next, Avalanche's default and what
 ``Naive(model, optimizer, ...)`` does unless told otherwise (without it the harness resets the
-state at every experience); ``_sh`` (permuted streams): one head shared by every task, for every
-method (domain-incremental: the tasks share their ten labels), where the other streams give each
-task its own head."""
+state at every experience); ``_sh`` (Fashion-MNIST streams): one head shared by every task, for
+every method, where the other streams give each task its own head (domain-incremental: permuted
+tasks share their ten labels; split tasks their two, "first or second class of the pair")."""
 
 _NEG_BF_FORM: dict[str, Any] = {
     "spp_scale": "saturate",
@@ -340,7 +340,9 @@ def _choice_lines(choice: dict[str, Any], title: str) -> list[str]:
     return lines + ["", f"Smallest worst shortfall among those screened on every stream: {text}", ""]
 
 
-def write_summary(out: Path, command: str) -> None:
+def write_summary(out: Path, command: str, compare: Sequence[str] = ()) -> None:
+    """``summary.json`` and ``summary.md`` of ``out``'s runs; ``compare`` (two forms or more): also the
+    ``(form, lam)`` with the smallest worst shortfall over the streams where every one of them ran."""
     summary = summarize(out)
     summary["command"] = command
     # the strengths of SPPPlugin()'s form, spelled out or as "default" (the same options)
@@ -383,6 +385,13 @@ def write_summary(out: Path, command: str) -> None:
     summary["taylor_choice"] = signs
     if signs["table"]:
         lines += _choice_lines(signs, "### The three Taylor forms side by side (`taylor_of`)")
+    if compare:  # also alone in forms_choice.md, for docs/ to include
+        summary["forms_choice"] = side = strength_choice(summary["rows"], forms=compare)
+        forms = ", ".join(f"`{f}`" for f in compare)
+        part = _choice_lines(side, f"### The forms {forms} side by side") if side["table"] else []
+        (out / "forms_choice.md").write_text("\n".join([f"Command: `{command}`", "", *part]))
+        lines += part
+        write_json(out / "summary.json", summary)
     (out / "summary.md").write_text("\n".join(lines))
 
 
@@ -402,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-naive", action="store_true", help="skip the Naive reference runs")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--shard", default="0/1", help="K/N: run every N-th job from the K-th (parallel)")
+    parser.add_argument(
+        "--compare", default="", help="comma list of two forms or more: choose a (form, lam) among them"
+    )  # fmt: skip
     args = parser.parse_args(argv)
     streams = args.streams.split(",")
     forms = sorted(FORMS) if args.forms == "all" else args.forms.split(",")
@@ -417,6 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     if not 0 <= shard < shards:
         parser.error(f"--shard {args.shard}: K must be in [0, N)")
+    compare = [f for f in args.compare.split(",") if f]
+    if len(compare) == 1 or set(compare) - set(FORMS):
+        parser.error(f"--compare {args.compare}: give two forms or more of {sorted(FORMS)}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     jobs = []
@@ -447,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         m = record["metrics"]
         print(f"{path.stem}: ACC {100 * m['acc']:.2f} BWT {100 * m['bwt']:.2f} "
               f"({record['wall_s']:.0f} s)", flush=True)  # fmt: skip
-    write_summary(out, command)
+    write_summary(out, command, compare)
     if args.split == "test":
         write_check(out, command)
     return 0

@@ -535,6 +535,24 @@ def test_run_cli_keep_optimizer_state_reaches_the_runs_and_a_folder_from_before_
     assert _exit_code(run_cli.main, [*TINY_RUN, "--out", str(out), "--resume", "--keep-optimizer-state"]) == 2
 
 
+def test_run_cli_single_head_reaches_the_runs_and_a_folder_from_before_the_flag_resumes(tmp_path):
+    import json
+
+    out, tiny = tmp_path / "out", [*TINY_RUN, "--methods", "finetune"]  # finetune: one head per task
+    assert _exit_code(run_cli.main, [*tiny, "--out", str(out)]) == 0
+    record = json.loads((out / "runs" / "finetune_seed0.json").read_text())
+    assert record["config"]["train"]["single_head"] is False
+    assert _exit_code(run_cli.main, [*tiny, "--out", str(out), "--resume", "--single-head"]) == 2
+    saved = json.loads((out / "config.json").read_text())
+    del saved["single_head"]  # as written before the setting existed: its default, off
+    (out / "config.json").write_text(json.dumps(saved))
+    assert _exit_code(run_cli.main, [*tiny, "--out", str(out), "--resume"]) == 0
+    shared = tmp_path / "shared"
+    assert _exit_code(run_cli.main, [*tiny, "--out", str(shared), "--single-head"]) == 0
+    record = json.loads((shared / "runs" / "finetune_seed0.json").read_text())
+    assert record["config"]["train"]["single_head"] is True
+
+
 def _offline(monkeypatch, tmp_path):
     """No Debian package and no network for torchvision's downloads."""
 

@@ -179,6 +179,31 @@ def test_a_baseline_in_forms_runs_that_method_at_the_given_strength(tmp_path, mo
     assert "--forms: unknown ['agem']" in capsys.readouterr().err
 
 
+def test_compare_chooses_a_form_and_strength_over_the_streams_both_forms_ran_on(tmp_path, capsys):
+    # kept runs only (nothing left to run): stream a prefers g, b prefers f at 1; c has no g run
+    for stream, form, lam, acc in (
+        ("split_digits_sgd2", "default", 1, 0.90), ("split_digits_sgd2", "default", 3, 0.91),
+        ("split_digits_sgd2", "sat_batch_so_bf_rm", 1, 0.92),
+        ("split_digits_adam2", "default", 1, 0.80), ("split_digits_adam2", "default", 3, 0.70),
+        ("split_digits_adam2", "sat_batch_so_bf_rm", 1, 0.79),
+        ("split_digits_sgd5", "default", 1, 0.50),
+    ):  # fmt: skip
+        record = {**_record(acc, -0.05, float(lam)), "config": {"split": "validation"}}
+        _write(tmp_path, stream, form, f"lam{lam}", 0, record)
+    args = ["--streams", "split_digits_sgd2", "--forms", "default", "--lams", "1", "--no-naive"]
+    assert main([*args, "--out", str(tmp_path), "--compare", "default,sat_batch_so_bf_rm"]) == 0
+    side = json.loads((tmp_path / "summary.json").read_text())["forms_choice"]
+    assert side["streams"] == ["split_digits_adam2", "split_digits_sgd2"]
+    assert side["chosen"] == ["sat_batch_so_bf_rm", 1.0]  # worst 1 point (adam2), against 2 and 10
+    assert "The forms `default`, `sat_batch_so_bf_rm` side by side" in (tmp_path / "summary.md").read_text()
+    alone = (tmp_path / "forms_choice.md").read_text()
+    assert "--compare default,sat_batch_so_bf_rm" in alone and "sat_batch_so_bf_rm at lam 1" in alone
+    for bad in ("default", "default,nope"):
+        with pytest.raises(SystemExit):
+            main([*args, "--out", str(tmp_path), "--compare", bad])
+        assert "give two forms or more" in capsys.readouterr().err
+
+
 def test_check_refuses_a_folder_whose_default_runs_carry_two_strengths(tmp_path):
     for seed in (0, 1):
         _write(tmp_path, "s", "naive", "none", seed, _record(0.90, -0.10))
@@ -224,7 +249,12 @@ def test_a_single_head_stream_runs_one_shared_head_and_is_otherwise_its_base_str
 
     shared, base = STREAMS["permuted_fmnist_sgd2_3k_e1k_keep_sh"], STREAMS["permuted_fmnist_sgd2_3k_e1k_keep"]
     assert shared.single_head and not base.single_head and replace(shared, single_head=False) == base
-    assert not any(s.single_head for name, s in STREAMS.items() if not name.startswith("permuted_fmnist"))
+    fmnist = ("permuted_fmnist", "split_fmnist")  # the _sh streams: Fashion-MNIST only, every one of them
+    assert all(s.single_head == name.endswith("_sh") for name, s in STREAMS.items())
+    assert {name.endswith("_sh") for name in STREAMS if name.startswith(fmnist)} == {True, False}
+    assert not any(s.single_head for name, s in STREAMS.items() if not name.startswith(fmnist))
+    split = STREAMS["split_fmnist_adam5_keep_sh"]
+    assert replace(split, single_head=False) == STREAMS["split_fmnist_adam5_keep"]
     digits = replace(STREAMS["split_digits_sgd2"], train_limit=64)  # the flag on a cheap stream
     for single_head in (True, False):
         record = run_one(replace(digits, single_head=single_head), "finetune", {}, None, 0)
