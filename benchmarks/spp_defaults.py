@@ -164,6 +164,9 @@ FORMS: dict[str, dict[str, Any]] = {
     # and a flatter mask, r**0.5 / (1 + r**0.5): the many weights of small importance less free
     # (sqrt(1/2 W^2 F) is |g W| / sqrt(2), the first-order pruning saliency's magnitude)
     "sat_batch_so_bf_h05": {**_SO_BF_FORM, "spp_sharpness": 0.5},
+    # and nearly flat, r**0.01 / (1 + r**0.01): about 1/2 for every weight of nonzero importance,
+    # an L2 pull to W* of strength lam / 2 (a diagnostic: does the importance's ranking matter?)
+    "sat_batch_so_bf_h001": {**_SO_BF_FORM, "spp_sharpness": 0.01},
     "sat_batch_so_bf_tm": {**_SO_BF_FORM, "spp_mask_mean": "tensor"},
     "sat_batch_so_bf_max": {**_SO_BF_FORM, "spp_accumulate": "max"},
     # and with the entropy of softmax(z / 4): inputs the model is sure of count too
