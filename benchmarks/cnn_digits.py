@@ -16,6 +16,9 @@ task, task ``t`` the classes ``2t`` and ``2t + 1``, SGD lr 0.01 with momentum 0.
   validation`` evaluates on 1,000 other training images per task (for choosing), ``test`` on the
   2,000 test images per task. Both take half of a task's images from each of its two classes.
 
+``--scenario class``: class-incremental instead, as most Avalanche scripts run split data: one
+10-way head (a plain ``nn.Sequential``), no task labels, each task's images with their own class.
+
 ``lam`` 0 is Naive (no plugin); any other is ``SPPPlugin(lam=...)`` with its other defaults. Per
 strength: ACC and BWT of every seed (after each task) and their medians and means: one run that
 loses every task while it learns the last one does not decide the medians.
@@ -39,6 +42,8 @@ from avalanche_spp.metrics import all_metrics
 
 STREAMS = ("digits", "fmnist")
 
+SCENARIOS = ("task", "class")  # one head per task with task labels, or one 10-way head and none
+
 SPLITS = ("test", "validation")
 
 FMNIST_TRAIN_LIMIT = 4000  # training images per task (of 12,000)
@@ -46,19 +51,26 @@ FMNIST_TRAIN_LIMIT = 4000  # training images per task (of 12,000)
 FMNIST_VALIDATION = 1000  # validation images per task (half per class), from the rest of the training set
 
 
-def _tasks(train: tuple[torch.Tensor, torch.Tensor], evaluation: tuple[torch.Tensor, torch.Tensor]) -> Any:
-    """Five two-class tasks (task t: classes 2t, 2t+1), task labels, classes from 0 in each."""
+def _tasks(
+    train: tuple[torch.Tensor, torch.Tensor],
+    evaluation: tuple[torch.Tensor, torch.Tensor],
+    scenario: str = "task",
+) -> Any:
+    """Five two-class tasks (task t: classes 2t, 2t+1): with task labels and classes from 0 in each
+    (``scenario="task"``), or class-incremental, no task labels and the ten classes' own labels."""
     from avalanche.benchmarks import nc_benchmark
     from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as tensors
 
+    task = scenario == "task"
     return nc_benchmark(
-        tensors(*train), tensors(*evaluation), n_experiences=5, task_labels=True, seed=0,
-        fixed_class_order=list(range(10)), class_ids_from_zero_in_each_exp=True,
+        tensors(*train), tensors(*evaluation), n_experiences=5, task_labels=task, seed=0,
+        fixed_class_order=list(range(10)), class_ids_from_zero_in_each_exp=task,
     )  # fmt: skip
 
 
-def digit_images() -> Any:
-    """Split digits as 3x8x8 images (task t: digits 2t, 2t+1), 1,200 train / 597 test, task labels."""
+def digit_images(scenario: str = "task") -> Any:
+    """Split digits as 3x8x8 images (task t: digits 2t, 2t+1), 1,200 train / 597 test (``scenario``:
+    as :func:`_tasks`)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -66,11 +78,11 @@ def digit_images() -> Any:
     y = torch.tensor(digits.target)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     train, test = order[:1200], order[1200:]
-    return _tasks((x[train], y[train]), (x[test], y[test]))
+    return _tasks((x[train], y[train]), (x[test], y[test]), scenario)
 
 
 @functools.lru_cache(maxsize=2)
-def fmnist_images(split: str = "test", train_limit: int = FMNIST_TRAIN_LIMIT) -> Any:
+def fmnist_images(split: str = "test", train_limit: int = FMNIST_TRAIN_LIMIT, scenario: str = "task") -> Any:
     """Split Fashion-MNIST as 1x28x28 images: ``train_limit`` training images per task, evaluated
     on the test set (``split="test"``) or on ``FMNIST_VALIDATION`` other training images per task."""
     from benchmarks.streams import default_data_root
@@ -97,15 +109,16 @@ def fmnist_images(split: str = "test", train_limit: int = FMNIST_TRAIN_LIMIT) ->
         evaluation = (x[held], arrays.train_y[held])
     else:
         evaluation = ((arrays.test_x.float() / arrays.scale).view(-1, 1, 28, 28), arrays.test_y)
-    return _tasks((x[train_idx], arrays.train_y[train_idx]), evaluation)
+    return _tasks((x[train_idx], arrays.train_y[train_idx]), evaluation, scenario)
 
 
 def cnn_run(
     plugins: list[Any], seed: int, stream: str = "digits", split: str = "test", optimizer: str = "sgd",
-    train_limit: int = FMNIST_TRAIN_LIMIT, epochs: int | None = None,
+    train_limit: int = FMNIST_TRAIN_LIMIT, epochs: int | None = None, scenario: str = "task",
 ) -> np.ndarray:  # fmt: skip
-    """A narrow VGG-9, one head per task, trained with ``plugins``; returns ``P[j][i]`` on ``split``
-    (``epochs`` per task: None for the stream's own, 3 for digits and 2 for fmnist)."""
+    """A narrow VGG-9 trained with ``plugins``, one head per task (``scenario="task"``) or one 10-way
+    head (``"class"``); returns ``P[j][i]`` on ``split`` (``epochs`` per task: None for the stream's
+    own, 3 for digits and 2 for fmnist)."""
     from avalanche.training import Naive
 
     from benchmarks.cnn import MultiHeadCNN, TaskHeads
@@ -113,11 +126,14 @@ def cnn_run(
 
     torch.manual_seed(seed)
     if stream == "digits":
-        tasks, shape, batch, own_epochs = digit_images(), (3, 8, 8), 32, 3
+        tasks, shape, batch, own_epochs = digit_images(scenario), (3, 8, 8), 32, 3
     else:
-        tasks, shape, batch, own_epochs = fmnist_images(split, train_limit), (1, 28, 28), 128, 2
+        tasks, shape, batch, own_epochs = fmnist_images(split, train_limit, scenario), (1, 28, 28), 128, 2
     trunk = VGG9Features(shape, dropout=0.0, channels=(16, 16, 32, 32, 64, 64), hidden=128)
-    model = MultiHeadCNN(trunk, TaskHeads(functools.partial(_linear_head, 128), initial_classes=2))
+    if scenario == "task":
+        model = MultiHeadCNN(trunk, TaskHeads(functools.partial(_linear_head, 128), initial_classes=2))
+    else:  # a plain nn.Module, as class-incremental Avalanche scripts use
+        model = torch.nn.Sequential(trunk, _linear_head(128, 10))
     if optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     else:
@@ -136,7 +152,8 @@ def cnn_run(
                 data = tasks.test_stream[i].dataset
                 x = torch.stack([data[k][0] for k in range(len(data))])
                 y = torch.tensor([data[k][1] for k in range(len(data))])
-                matrix[j, i] = (model.forward_single_task(x, i).argmax(1) == y).float().mean().item()
+                logits = model.forward_single_task(x, i) if scenario == "task" else model(x)
+                matrix[j, i] = (logits.argmax(1) == y).float().mean().item()
     return matrix
 
 
@@ -169,11 +186,14 @@ def render(result: dict[str, Any]) -> str:
     """The table of ``result``: every seed, medians, means, and each strength's shortfall from the
     best mean ACC of the SPP strengths (``lam > 0``; Naive has none)."""
     best = max((np.mean(r["acc"]) for r in result["rows"] if r["lam"] > 0), default=np.nan)
+    scenario = (
+        f"; scenario {result['scenario']}: one 10-way head, no task labels" if "scenario" in result else ""
+    )
     lines = [
         "Command: "
         + "; ".join(f"`{c}`" for c in result.get("commands", [result["command"]]))
         + f" ({result.get('split', 'test')} split; lam 0 is Naive; mask mean "
-        + f"{result.get('mask_mean', 'all')}).",
+        + f"{result.get('mask_mean', 'all')}{scenario}).",
         "",
         "| lam | ACC per seed (%) | BWT per seed (%) | median ACC / BWT | mean ACC / BWT | shortfall |",
         "|---|---|---|---|---|---|",
@@ -200,6 +220,10 @@ def _options(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str, 
         help="the saturating mask's m: all (SPPPlugin's mean), or a harness variant's",
     )  # fmt: skip
     parser.add_argument("--stream", default="digits", choices=STREAMS, help="digits (toy) or fmnist")
+    parser.add_argument(
+        "--scenario", default="task", choices=SCENARIOS,
+        help="task: one head per task, task labels (default); class: one 10-way head, no task labels",
+    )  # fmt: skip
     parser.add_argument("--split", default="test", choices=SPLITS, help="fmnist only: validation")
     parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     parser.add_argument("--train-limit", type=int, help=f"fmnist only (default {FMNIST_TRAIN_LIMIT})")
@@ -216,10 +240,13 @@ def _options(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str, 
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be a positive number of epochs per task, got {args.epochs}")
     run = {"stream": args.stream, "split": args.split, "optimizer": args.optimizer, "epochs": args.epochs}
+    if args.scenario != "task":  # kept out of the task-incremental results' settings, as before it existed
+        run["scenario"] = args.scenario
     run["train_limit"] = args.train_limit or FMNIST_TRAIN_LIMIT
     if args.stream == "fmnist":
         try:
-            fmnist_images(args.split, run["train_limit"])  # built once (cached); refused here if too large
+            # built once (cached); refused here if too large
+            fmnist_images(args.split, run["train_limit"], args.scenario)
         except ValueError as error:
             parser.error(str(error))
     try:

@@ -157,3 +157,23 @@ def test_epochs_reach_the_run_and_are_checked(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["--lams", "0", "--epochs", "0", "--out", str(out)])
     assert "--epochs must be a positive number" in capsys.readouterr().err
+
+
+def test_the_class_scenario_has_one_ten_way_head_no_task_labels_and_forgets_the_first_classes(tmp_path):
+    from benchmarks.cnn_digits import cnn_run, digit_images
+
+    tasks = digit_images("class")
+    second = tasks.train_stream[1].dataset
+    assert sorted({int(second[k][1]) for k in range(len(second))}) == [2, 3]  # the digits' own labels
+    assert {int(second[k][2]) for k in range(len(second))} == {0}  # no task labels
+    matrix = {scenario: cnn_run([], 0, scenario=scenario) for scenario in ("task", "class")}
+    # after the last task Naive's one 10-way head answers with the last classes only: digits 0 and 1
+    # are lost, while their own head (task scenario) still separates them
+    assert matrix["class"][4, 0] < 0.1 < 0.6 < matrix["task"][4, 0]
+    assert matrix["class"][0, 0] > 0.9  # and it had learned them
+    out = tmp_path / "s.json"
+    assert main(["--scenario", "class", "--lams", "0", "--seeds", "0", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["scenario"] == "class"
+    assert "scenario class: one 10-way head" in out.with_suffix(".md").read_text()
+    assert main(["--lams", "0", "--seeds", "0", "--out", str(out)]) == 0  # task: as before the option
+    assert "scenario" not in json.loads(out.read_text())
