@@ -352,7 +352,6 @@ def write_summary(out: Path, command: str, compare: Sequence[str] = ()) -> None:
     spelled = any(row["form"] == DEFAULT_FORM for row in summary["rows"])
     choice = strength_choice(summary["rows"], form=DEFAULT_FORM if spelled else "default")
     summary["strength_choice"] = choice
-    write_json(out / "summary.json", summary)
     splits = sorted({row["split"] for row in summary["rows"]})
     lines = [f"Command: `{command}`", "", f"Split: {', '.join(splits)}. ACC / BWT in %, mean over seeds.", ""]
     by_stream: dict[str, list[dict[str, Any]]] = {}
@@ -394,7 +393,7 @@ def write_summary(out: Path, command: str, compare: Sequence[str] = ()) -> None:
         part = _choice_lines(side, f"### The forms {forms} side by side") if side["table"] else []
         (out / "forms_choice.md").write_text("\n".join([f"Command: `{command}`", "", *part]))
         lines += part
-        write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)  # once, with every choice above
     (out / "summary.md").write_text("\n".join(lines))
 
 
