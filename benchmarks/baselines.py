@@ -108,6 +108,7 @@ class TrainConfig:
     spp_mask_mean: str = "all"  # "tensor" / "experience": the saturating mask's m (a harness experiment)
     spp_anchor: str = "last"  # "weighted": W* the Omega-weighted mean of past W* (a harness experiment)
     spp_decay: float = 1.0  # past importance times this before each new one is added (a harness experiment)
+    spp_auto_drop: float | None = None  # lam per task by stability decay (a harness experiment)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -148,6 +149,10 @@ class TrainConfig:
         decay = self.spp_decay
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
             raise ValueError(f"spp_decay must be a number in (0, 1], got {decay!r}")
+        drop = self.spp_auto_drop
+        bad_drop = isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop < 1
+        if drop is not None and bad_drop:
+            raise ValueError(f"spp_auto_drop must be None or a number in [0, 1), got {drop!r}")
         if not _finite_positive(self.spp_sharpness):
             raise ValueError(f"spp_sharpness must be a finite number > 0, got {self.spp_sharpness!r}")
         cap = self.spp_curvature_cap

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from avalanche_spp.importance import DivergedError
 from avalanche_spp.plugin import SPPPlugin, sgd_strength_limit
+from benchmarks.auto_strength import train_with_stability_decay
 from benchmarks.baselines import (
     STRENGTH_NAMES,
     TrainConfig,
@@ -105,8 +106,7 @@ def run_method(
         A record (see :func:`benchmarks.records.build_record`); ``joint``'s accuracy matrix
         repeats its final per-task accuracies in every row, so its BWT and SMT are 0.
     """
-    if on_divergence not in ("raise", "record"):
-        raise ValueError(f"on_divergence must be 'raise' or 'record', got {on_divergence!r}")
+    _check_run_arguments(train, checkpoint, on_divergence)
     RNGManager.set_random_seeds(seed)
     options = dict(benchmark_options or {})
     stream = make_benchmark(
@@ -180,7 +180,19 @@ def run_method(
     )  # fmt: skip
     if state.penalty_importance is not None:
         record["spp_importance"] = state.penalty_importance
+    if state.spp_auto:
+        record["spp_auto"] = state.spp_auto
     return record
+
+
+def _check_run_arguments(train: TrainConfig, checkpoint: str | Path | None, on_divergence: str) -> None:
+    if on_divergence not in ("raise", "record"):
+        raise ValueError(f"on_divergence must be 'raise' or 'record', got {on_divergence!r}")
+    if checkpoint is not None and train.spp_auto_drop is not None:
+        raise ValueError(
+            "spp_auto_drop (stability decay, a harness experiment) keeps its tries in the record "
+            "only, not in checkpoints: run it without checkpoint"
+        )
 
 
 @dataclass
@@ -193,6 +205,7 @@ class _RunState:
     diverged_at: int | None = None
     penalty_importance: dict[str, Any] | None = None
     tasks_trained: list[int] = field(default_factory=list)  # by this call (a resumed run: the rest)
+    spp_auto: list[dict[str, Any] | None] = field(default_factory=list)  # stability decay's tries per task
 
     def progress(self, fingerprint: dict[str, Any]) -> dict[str, Any]:
         """What a checkpoint saves: the fingerprint and the fields named by ``PROGRESS_KEYS``."""
@@ -234,7 +247,13 @@ def _train_and_evaluate_task(
         try:
             # train.reset_optimizer: a fresh optimiser state per task (the harness's protocol), or
             # Avalanche's default: momentum and Adam's moments kept across experiences.
-            strategy.train(stream.train_stream[j], reset_optimizer_state=train.reset_optimizer)
+            if method == "spp" and train.spp_auto_drop is not None:  # lam per task (benchmarks.auto_strength)
+                state.spp_auto.append(train_with_stability_decay(
+                    strategy, stream.train_stream[j], drop=train.spp_auto_drop,
+                    reset_optimizer=train.reset_optimizer,
+                ))  # fmt: skip
+            else:
+                strategy.train(stream.train_stream[j], reset_optimizer_state=train.reset_optimizer)
             _check_finite_weights(strategy.model, method, j)
         except DivergedError as error:
             if on_divergence == "raise":

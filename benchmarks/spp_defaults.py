@@ -199,6 +199,13 @@ FORMS: dict[str, dict[str, Any]] = {
     },
     # the defaults as they stand (whatever SPPPlugin() does now), and the same form at a strength
     # tuned on validation for one stream (``--check``)
+    # the default form with lam set per task by stability decay (benchmarks.auto_strength): the
+    # stiffest strength, from the run's lam down, whose new-task training accuracy is at least
+    # (1 - drop) times fine-tuning's
+    "auto_p01": {**_SO_BF_FORM, "spp_auto_drop": 0.01},
+    "auto_p02": {**_SO_BF_FORM, "spp_auto_drop": 0.02},
+    "auto_p05": {**_SO_BF_FORM, "spp_auto_drop": 0.05},
+    "auto_p10": {**_SO_BF_FORM, "spp_auto_drop": 0.1},
     "default": {},
     "tuned": {},
 }  # fmt: skip

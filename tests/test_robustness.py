@@ -31,6 +31,7 @@ from benchmarks import sweep as sweep_cli
 from benchmarks import tensor_data
 from benchmarks.baselines import TrainConfig, build_strategy
 from benchmarks.errors import DatasetCorruptError, DatasetNotFoundError
+from benchmarks.experiment import run_method
 from benchmarks.image_files import read_idx
 from benchmarks.streams import check_benchmark_options, make_benchmark
 from benchmarks.tensor_data import MNIST_FILES
@@ -300,6 +301,8 @@ def test_plugin_load_state_dict_refuses_corrupt_importance(omega, anchor, messag
         ({"spp_accumulate": "mean"}, r"spp_accumulate must be one of \['sum', 'max'\]"),
         ({"spp_importance_samples": 0}, "spp_importance_samples must be a positive int or None"),
         ({"spp_importance_batch_size": 0}, "spp_importance_batch_size must be a positive int"),
+        ({"spp_auto_drop": 1.0}, r"spp_auto_drop must be None or a number in \[0, 1\)"),
+        ({"spp_auto_drop": True}, r"spp_auto_drop must be None or a number in \[0, 1\)"),
     ],
 )
 def test_train_config_refuses_bad_values(kwargs, message):
@@ -324,6 +327,13 @@ def test_build_strategy_refuses_bad_arguments():
         build_strategy("spp", model, {"epochs": 1})
     with pytest.raises(ValueError, match="method must be one of"):
         build_strategy("SPP", model, config)
+
+
+def test_stability_decay_refuses_a_checkpoint(tmp_path):
+    config = TrainConfig(epochs=1, spp_auto_drop=0.02)
+    with pytest.raises(ValueError, match="spp_auto_drop .* not in checkpoints: run it without checkpoint"):
+        run_method("spp", benchmark="split_digits", seed=0, train=config, checkpoint=tmp_path / "c.pt")
+    assert not (tmp_path / "c.pt").exists()
 
 
 # ------------------------------------------------------------------------------------------
