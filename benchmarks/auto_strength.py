@@ -90,8 +90,14 @@ def train_with_stability_decay(
     drop: float,
     reset_optimizer: bool,
     grid: Sequence[float] | None = None,
+    start: float | None = None,
 ) -> dict[str, Any] | None:
     """Train ``experience`` at the strength stability decay picks (module docstring).
+
+    Args:
+        start: the stiffest strength to try, when below the run's (``spp_auto_monotone``: the
+            previous task's choice, so the strength never grows from task to task; a previous
+            choice of 0 starts the search again at the run's strength).
 
     Returns:
         ``None`` for an experience with no importance yet (trained once, as usual); else
@@ -105,6 +111,7 @@ def train_with_stability_decay(
         raise ValueError("stability decay sets SPP's strength: the strategy has no SPPPlugin")
     lam_max = spp.lam  # the run's strength: the stiffest tried
     grid = AUTO_GRID if grid is None else grid
+    top = lam_max if not start else min(start, lam_max)
     if not spp.omega:
         strategy.train(experience, reset_optimizer_state=reset_optimizer)
         return None
@@ -127,7 +134,7 @@ def train_with_stability_decay(
     try:
         reference = attempt(0.0)
         chosen = 0.0
-        for lam in sorted((g for g in grid if g <= lam_max), reverse=True):
+        for lam in sorted((g for g in grid if g <= top), reverse=True):
             if attempt(lam) >= (1 - drop) * reference:  # NaN (diverged) is never accepted
                 chosen = lam
                 break

@@ -109,6 +109,7 @@ class TrainConfig:
     spp_anchor: str = "last"  # "weighted": W* the Omega-weighted mean of past W* (a harness experiment)
     spp_decay: float = 1.0  # past importance times this before each new one is added (a harness experiment)
     spp_auto_drop: float | None = None  # lam per task by stability decay (a harness experiment)
+    spp_auto_monotone: bool = False  # and each task's search starts at the previous task's lam
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -141,7 +142,7 @@ class TrainConfig:
         check_choice("spp_mask_mean", self.spp_mask_mean, MASK_MEANS)
         check_choice("spp_anchor", self.spp_anchor, ANCHORS)
         check_choice("spp_stiffness", self.spp_stiffness, STIFFNESSES)
-        for name in ("spp_measure_curvature", "reset_optimizer", "single_head"):
+        for name in ("spp_measure_curvature", "reset_optimizer", "single_head", "spp_auto_monotone"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not _finite_positive(self.spp_temperature):

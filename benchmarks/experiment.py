@@ -248,9 +248,10 @@ def _train_and_evaluate_task(
             # train.reset_optimizer: a fresh optimiser state per task (the harness's protocol), or
             # Avalanche's default: momentum and Adam's moments kept across experiences.
             if method == "spp" and train.spp_auto_drop is not None:  # lam per task (benchmarks.auto_strength)
+                last = next((a["chosen_lam"] for a in reversed(state.spp_auto) if a), None)
                 state.spp_auto.append(train_with_stability_decay(
                     strategy, stream.train_stream[j], drop=train.spp_auto_drop,
-                    reset_optimizer=train.reset_optimizer,
+                    reset_optimizer=train.reset_optimizer, start=last if train.spp_auto_monotone else None,
                 ))  # fmt: skip
             else:
                 strategy.train(stream.train_stream[j], reset_optimizer_state=train.reset_optimizer)

@@ -206,6 +206,9 @@ FORMS: dict[str, dict[str, Any]] = {
     "auto_p02": {**_SO_BF_FORM, "spp_auto_drop": 0.02},
     "auto_p05": {**_SO_BF_FORM, "spp_auto_drop": 0.05},
     "auto_p10": {**_SO_BF_FORM, "spp_auto_drop": 0.1},
+    # and each task's search starting at the previous task's choice (the strength never grows)
+    "auto_p02_mono": {**_SO_BF_FORM, "spp_auto_drop": 0.02, "spp_auto_monotone": True},
+    "auto_p05_mono": {**_SO_BF_FORM, "spp_auto_drop": 0.05, "spp_auto_monotone": True},
     "default": {},
     "tuned": {},
 }  # fmt: skip

@@ -71,3 +71,15 @@ def test_the_chosen_strength_is_the_stiffest_whose_accuracy_holds():
             assert task["chosen_lam"] == kept[0]["lam"] == lams[-1]
         else:
             assert task["chosen_lam"] == 0.0
+
+
+def test_with_monotone_the_strength_never_grows_from_task_to_task():
+    config = _config("adam", True, spp_auto_drop=0.005, spp_auto_monotone=True)
+    auto = run_method(
+        "spp", benchmark="permuted_digits", seed=0, train=config, strength=300.0, split="validation"
+    )
+    chosen = [task["chosen_lam"] for task in auto["spp_auto"][1:]]
+    for previous, task in zip(chosen, auto["spp_auto"][2:]):
+        first = task["tries"][1]["lam"]
+        assert first == (previous if previous > 0 else 300.0)
+    assert any(task["tries"][1]["lam"] < 300.0 for task in auto["spp_auto"][2:])  # the bound was used

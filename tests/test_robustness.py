@@ -303,6 +303,7 @@ def test_plugin_load_state_dict_refuses_corrupt_importance(omega, anchor, messag
         ({"spp_importance_batch_size": 0}, "spp_importance_batch_size must be a positive int"),
         ({"spp_auto_drop": 1.0}, r"spp_auto_drop must be None or a number in \[0, 1\)"),
         ({"spp_auto_drop": True}, r"spp_auto_drop must be None or a number in \[0, 1\)"),
+        ({"spp_auto_monotone": "yes"}, "spp_auto_monotone must be True or False"),
     ],
 )
 def test_train_config_refuses_bad_values(kwargs, message):
