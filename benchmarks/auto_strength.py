@@ -69,13 +69,9 @@ class _SameStart(SupervisedPlugin):
         strategy.model.load_state_dict(self.saved["model"])
         optimizer.state.clear()
         optimizer.state.update({p: copy.deepcopy(value) for p, value in self.saved["optimizer"].items()})
-        lam = self.spp.lam
-        self.spp.load_state_dict(self.spp_state())
+        lam = self.spp.lam  # the try's own strength, set before this call
+        self.spp.load_state_dict(self.saved["spp"])
         self.spp.lam = lam
-
-    def spp_state(self) -> dict[str, Any]:
-        assert self.saved is not None
-        return self.saved["spp"]
 
 
 def _copy_state(optimizer: torch.optim.Optimizer) -> dict[Any, Any]:
@@ -104,7 +100,7 @@ def train_with_stability_decay(
         ``{"reference_acc", "tries": [{"lam", "acc"}], "chosen_lam"}``, accuracies on the
         experience's training data (NaN for a try that diverged).
     """
-    if not (isinstance(drop, (int, float)) and 0 <= drop < 1):
+    if isinstance(drop, bool) or not (isinstance(drop, (int, float)) and 0 <= drop < 1):
         raise ValueError(f"drop must be a number in [0, 1), got {drop!r}")
     spp = next((p for p in strategy.plugins if isinstance(p, SPPPlugin)), None)
     if spp is None:
