@@ -105,12 +105,12 @@ def train_with_stability_decay(
     spp = next((p for p in strategy.plugins if isinstance(p, SPPPlugin)), None)
     if spp is None:
         raise ValueError("stability decay sets SPP's strength: the strategy has no SPPPlugin")
-    lam_max = spp.lam  # the run's strength: the stiffest tried
-    grid = AUTO_GRID if grid is None else grid
-    top = lam_max if not start else min(start, lam_max)
     if not spp.omega:
         strategy.train(experience, reset_optimizer_state=reset_optimizer)
         return None
+    lam_max = spp.lam  # the run's strength: the stiffest tried
+    grid = AUTO_GRID if grid is None else grid
+    top = lam_max if not start else min(start, lam_max)
     keeper = _SameStart(spp)
     strategy.plugins.insert(0, keeper)
     tries: list[dict[str, float]] = []

@@ -197,18 +197,17 @@ FORMS: dict[str, dict[str, Any]] = {
         "spp_fisher": "per_sample",
         "spp_importance_samples": 2048,
     },
-    # the defaults as they stand (whatever SPPPlugin() does now), and the same form at a strength
-    # tuned on validation for one stream (``--check``)
     # the default form with lam set per task by stability decay (benchmarks.auto_strength): the
     # stiffest strength, from the run's lam down, whose new-task training accuracy is at least
     # (1 - drop) times fine-tuning's
-    "auto_p01": {**_SO_BF_FORM, "spp_auto_drop": 0.01},
     "auto_p02": {**_SO_BF_FORM, "spp_auto_drop": 0.02},
     "auto_p05": {**_SO_BF_FORM, "spp_auto_drop": 0.05},
     "auto_p10": {**_SO_BF_FORM, "spp_auto_drop": 0.1},
     # and each task's search starting at the previous task's choice (the strength never grows)
     "auto_p02_mono": {**_SO_BF_FORM, "spp_auto_drop": 0.02, "spp_auto_monotone": True},
     "auto_p05_mono": {**_SO_BF_FORM, "spp_auto_drop": 0.05, "spp_auto_monotone": True},
+    # the defaults as they stand (whatever SPPPlugin() does now), and the same form at a strength
+    # tuned on validation for one stream (``--check``)
     "default": {},
     "tuned": {},
 }  # fmt: skip

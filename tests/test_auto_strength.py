@@ -79,7 +79,7 @@ def test_with_monotone_the_strength_never_grows_from_task_to_task():
         "spp", benchmark="permuted_digits", seed=0, train=config, strength=300.0, split="validation"
     )
     chosen = [task["chosen_lam"] for task in auto["spp_auto"][1:]]
-    for previous, task in zip(chosen, auto["spp_auto"][2:]):
+    for previous, task in zip(chosen[:-1], auto["spp_auto"][2:], strict=True):
         first = task["tries"][1]["lam"]
         assert first == (previous if previous > 0 else 300.0)
     assert any(task["tries"][1]["lam"] < 300.0 for task in auto["spp_auto"][2:])  # the bound was used
