@@ -1,4 +1,4 @@
-"""Build a benchmark's task-incremental streams from its arrays: split, permuted and image streams.
+"""Build a benchmark's task-incremental streams from its arrays: split, permuted, rotated and image streams.
 
 Also the seeded validation split carved from the training data and the per-task sub-sampling
 (``train_limit``, ``eval_limit``); :mod:`benchmarks.streams` picks the builder of each benchmark.
@@ -62,9 +62,55 @@ def _build_split(
     return _task_incremental(train_sets, eval_sets, info)
 
 
-def _build_permuted(
+def _build_permuted(info: BenchmarkInfo, *, seed: int, permute_first: bool = False, **options: Any) -> Any:
+    """Task ``t`` = all classes under pixel permutation ``pi_t`` (``pi_0`` = identity: default)."""
+    if not isinstance(permute_first, bool):
+        raise ValueError(f"permute_first must be True or False, got {permute_first!r}")
+
+    def permutation(task: int, n_pixels: int) -> Tensor | None:
+        if task == 0 and not permute_first:
+            return None
+        perm = _random_state(seed, _PERMUTATION_KEY, task).permutation(n_pixels)
+        return torch.from_numpy(perm).to(torch.int64)  # (D,)
+
+    return _build_remapped(info, pixel_map=permutation, seed=seed, **options)
+
+
+ROTATION_STEP = 18.0
+"""Degrees between consecutive tasks of a rotated benchmark: task ``t`` is turned by ``18 t``."""
+
+
+def rotation_map(side: int, degrees: float) -> Tensor:
+    """``(side**2,)`` pixel map of a ``side x side`` image turned ``degrees`` counter-clockwise.
+
+    Nearest neighbour about the image centre, corners that come from outside blank (index
+    ``side**2``): what ``torchvision.transforms.functional.rotate`` does with its defaults, and so
+    Avalanche's ``RotatedMNIST``.
+    """
+    angle = math.radians(degrees)
+    centre = (side - 1) / 2
+    grid = torch.arange(side, dtype=torch.float64) - centre
+    dy, dx = torch.meshgrid(grid, grid, indexing="ij")  # (side, side) each, output pixel offsets
+    source_x = torch.round(math.cos(angle) * dx - math.sin(angle) * dy + centre).long()
+    source_y = torch.round(math.sin(angle) * dx + math.cos(angle) * dy + centre).long()
+    inside = (source_x >= 0) & (source_x < side) & (source_y >= 0) & (source_y < side)
+    return torch.where(inside, source_y * side + source_x, side * side).flatten()
+
+
+def _build_rotated(info: BenchmarkInfo, **options: Any) -> Any:
+    """Task ``t`` = all classes turned by ``ROTATION_STEP * t`` degrees (task 0 upright)."""
+
+    def rotation(task: int, n_pixels: int) -> Tensor | None:
+        side = math.isqrt(n_pixels)
+        return rotation_map(side, ROTATION_STEP * task) if task else None
+
+    return _build_remapped(info, pixel_map=rotation, **options)
+
+
+def _build_remapped(
     info: BenchmarkInfo,
     *,
+    pixel_map: Callable[[int, int], Tensor | None],
     load: Callable[..., _Arrays],
     split: str,
     seed: int,
@@ -72,41 +118,31 @@ def _build_permuted(
     validation_fraction: float,
     train_limit: int | None = None,
     eval_limit: int | None = None,
-    permute_first: bool = False,
     **load_options: Any,
 ) -> Any:
-    """Task ``t`` = all classes under pixel permutation ``pi_t`` (``pi_0`` = identity: default)."""
+    """Task ``t`` = all classes, every image under ``pixel_map(t, D)`` (None: as stored)."""
     _check_limits(info, train_limit, eval_limit)
-    if not isinstance(permute_first, bool):
-        raise ValueError(f"permute_first must be True or False, got {permute_first!r}")
     arrays = load(data_root, **load_options)
     n_pixels = arrays.train_x.shape[1]
     train_rows, val_rows = _validation_split(arrays.train_y, validation_fraction, seed)
     eval_x, eval_y, eval_rows = _eval_part(arrays, split, val_rows)
-    # Every task shows the same images (the same sub-sample, if limited), each task permuted.
-    train_rows = _limit(
-        train_rows, arrays.train_y, train_limit, _random_state(seed, _TRAIN_LIMIT_KEY)
-    )
+    # Every task shows the same images (the same sub-sample, if limited), each task remapped.
+    train_rows = _limit(train_rows, arrays.train_y, train_limit, _random_state(seed, _TRAIN_LIMIT_KEY))
     eval_rows = _limit(eval_rows, eval_y, eval_limit, _random_state(seed, _EVAL_LIMIT_KEY))
     train_sets, eval_sets = [], []
     for task in range(info.n_tasks):
-        permutation = None
-        if task > 0 or permute_first:
-            perm = _random_state(seed, _PERMUTATION_KEY, task).permutation(n_pixels)
-            permutation = torch.from_numpy(perm).to(torch.int64)  # (D,)
+        remap = pixel_map(task, n_pixels)
         train_sets.append(
             FlatImageDataset(
                 arrays.train_x,
                 arrays.train_y[train_rows],
                 train_rows,
                 scale=arrays.scale,
-                permutation=permutation,
+                permutation=remap,
             )
         )
         eval_sets.append(
-            FlatImageDataset(
-                eval_x, eval_y[eval_rows], eval_rows, scale=arrays.scale, permutation=permutation
-            )
+            FlatImageDataset(eval_x, eval_y[eval_rows], eval_rows, scale=arrays.scale, permutation=remap)
         )
     return _task_incremental(train_sets, eval_sets, info)
 
@@ -180,9 +216,7 @@ def _limit(rows: Tensor, targets: Tensor, limit: int | None, rng: np.random.Rand
         # refuses it), so drop a seeded random few.
         kept = rng.choice(rows.numpy(), size=limit, replace=False)
     else:
-        kept, _ = train_test_split(
-            rows.numpy(), train_size=limit, stratify=labels, random_state=rng
-        )
+        kept, _ = train_test_split(rows.numpy(), train_size=limit, stratify=labels, random_state=rng)
     return torch.from_numpy(np.sort(kept))
 
 

@@ -61,6 +61,8 @@ STREAMS = {
         ("permuted_fmnist", "_3k_e1k", 3_000, 1_000),
         ("permuted_fmnist", "_10k_e2k", 10_000, 2_000),
         ("split_digits", "", None, None),
+        ("rotated_fmnist", "", None, None),
+        ("rotated_fmnist", "_3k_e1k", 3_000, 1_000),
     )
     for opt in ("sgd", "adam")
     for epochs in (2, 5)
@@ -68,7 +70,8 @@ STREAMS = {
 }  # fmt: skip
 STREAMS.update({
     f"{name}_sh": replace(stream, single_head=True)
-    for name, stream in list(STREAMS.items()) if stream.benchmark in ("permuted_fmnist", "split_fmnist")
+    for name, stream in list(STREAMS.items())
+    if stream.benchmark in ("permuted_fmnist", "split_fmnist", "rotated_fmnist")
 })  # fmt: skip
 """``<benchmark>_<optimiser><epochs>[_10k|_3k][_e1k|_e2k][_keep][_sh]``: SGD lr 0.01 momentum
 0.9, or Adam lr 1e-3; batch 128; ``_10k`` / ``_3k``: that many training samples per task;
@@ -78,7 +81,8 @@ Adam's moments) kept from one experience to the next, Avalanche's default and wh
 ``Naive(model, optimizer, ...)`` does unless told otherwise (without it the harness resets the
 state at every experience); ``_sh`` (Fashion-MNIST streams): one head shared by every task, for
 every method, where the other streams give each task its own head (domain-incremental: permuted
-tasks share their ten labels; split tasks their two, "first or second class of the pair")."""
+and rotated tasks share their ten labels; split tasks their two, "first or second class of the
+pair"). ``rotated_fmnist``: task ``t`` turned ``18 t`` degrees, a stream no default was chosen on."""
 
 _NEG_BF_FORM: dict[str, Any] = {
     "spp_scale": "saturate",

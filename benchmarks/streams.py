@@ -27,6 +27,8 @@ Registered benchmarks (see :func:`available_benchmarks`):
   ``dataset-fashion-mnist`` package, else downloaded.
 - ``split_mnist`` / ``permuted_mnist``: torchvision ``MNIST`` under ``data_root``, downloaded where
   a network exists; otherwise :class:`DatasetNotFoundError` says which files to put where.
+- ``rotated_fmnist`` / ``rotated_mnist``: the same images, task ``t`` turned ``18 t`` degrees
+  (nearest neighbour, blank corners: torchvision's ``rotate``, as in Avalanche's ``RotatedMNIST``).
 - ``five_datasets``, ``split_cifar100``, ``split_caltech101``: the paper's image experiments, built
   by :func:`benchmarks.image_data.build` (imported only when one of them is built).
 
@@ -52,7 +54,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.builders import _build_permuted, _build_split, _check_limits
+from benchmarks.builders import _build_permuted, _build_rotated, _build_split, _check_limits
 
 # One error class for every data set of the package (image_data raises it too): a
 # FileNotFoundError whose message names the folder, the files expected and how to obtain them.
@@ -312,12 +314,12 @@ def _mlp_spec(
         options += ("permute_first",)
     if load is not _load_digits:
         options += ("download",)
-    builder = _build_permuted if permuted else _build_split
+    builder = {"split": _build_split, "permuted": _build_permuted, "rotated": _build_rotated}[kind]
 
     def build(info: BenchmarkInfo, **kwargs: Any) -> Any:
         return builder(info, load=load, **kwargs)
 
-    per_task = 10 if permuted else 2
+    per_task = 2 if kind == "split" else 10
     info = BenchmarkInfo(
         name=name,
         n_tasks=n_tasks,
@@ -379,6 +381,14 @@ _SPECS = (
         about="Fashion-MNIST, 10 pixel permutations of 10 classes",
     ),
     _mlp_spec(
+        "rotated_fmnist",
+        load=_load_fashion_mnist,
+        kind="rotated",
+        n_tasks=10,
+        n_pixels=784,
+        about="Fashion-MNIST, 10 rotations of 10 classes, 18 degrees apart",
+    ),
+    _mlp_spec(
         "split_mnist",
         load=_load_mnist,
         kind="split",
@@ -393,6 +403,14 @@ _SPECS = (
         n_tasks=10,
         n_pixels=784,
         about="MNIST, 10 pixel permutations of 10 classes (the paper's Table 3)",
+    ),
+    _mlp_spec(
+        "rotated_mnist",
+        load=_load_mnist,
+        kind="rotated",
+        n_tasks=10,
+        n_pixels=784,
+        about="MNIST, 10 rotations of 10 classes, 18 degrees apart (Avalanche's RotatedMNIST kind)",
     ),
     _image_spec(
         "five_datasets",

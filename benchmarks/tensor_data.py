@@ -181,8 +181,7 @@ def _check_idx_files(class_name: str, raw: Path) -> None:
         if images != labels:
             raise DatasetCorruptError(
                 f"{class_name} files in {raw} do not match: {split}-images-idx3-ubyte holds {images} "
-                f"images but {split}-labels-idx1-ubyte {labels} labels. "
-                + _refetch_hint(class_name, raw)
+                f"images but {split}-labels-idx1-ubyte {labels} labels. " + _refetch_hint(class_name, raw)
             )
 
 
@@ -259,7 +258,8 @@ class FlatImageDataset(Dataset):
         targets: ``(M,)`` int64 labels of the selected rows, as the model should see them.
         rows: ``(M,)`` int64 indices into ``images``.
         scale: factor from stored integers to floats (``1 / 255`` gives [0, 1]).
-        permutation: ``(D,)`` pixel permutation applied to every sample, or None.
+        permutation: ``(D,)`` pixel map applied to every sample, or None: output pixel ``j`` is input
+            pixel ``permutation[j]``, or blank (0) where that is ``D`` (a rotation's corners).
 
     Item ``i`` is ``(x, y)`` with ``x = images[rows[i]][permutation] * scale``, a ``(D,)`` float32
     tensor, and ``y = int(targets[i])``.
@@ -282,18 +282,24 @@ class FlatImageDataset(Dataset):
             raise ValueError(
                 f"permutation must have shape ({images.shape[1]},), got {tuple(permutation.shape)}"
             )
+        n_pixels = images.shape[1]
+        if permutation is not None and not 0 <= int(permutation.min()) <= int(permutation.max()) <= n_pixels:
+            raise ValueError(f"permutation must hold pixel indices 0 .. {n_pixels} ({n_pixels}: blank)")
         self.images = images
         self.targets: list[int] = targets.tolist()  # a list: Avalanche reads it element by element
         self.targets_task_labels: Sequence[int] | None = None  # set by the benchmark builder
         self.rows = rows
         self.scale = scale
         self.permutation = permutation
+        self._blank = permutation is not None and int(permutation.max()) == images.shape[1]
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         x = self.images[self.rows[index]]  # (D,) uint8
+        if self._blank:
+            x = torch.cat((x, x.new_zeros(1)))
         if self.permutation is not None:
             x = x[self.permutation]
         return x.to(torch.float32) * self.scale, self.targets[index]

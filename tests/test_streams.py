@@ -1,4 +1,4 @@
-"""Tests of benchmarks.streams: registry, splits, seeds, permutations, offline data."""
+"""Tests of benchmarks.streams: registry, splits, seeds, permutations, rotations, offline data."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+import torchvision.transforms.functional as TF
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader
 
 from benchmarks import tensor_data
+from benchmarks.builders import rotation_map
 from benchmarks.info import BenchmarkInfo
 from benchmarks.streams import DatasetNotFoundError, available_benchmarks, benchmark_info, make_benchmark
 from benchmarks.tensor_data import MNIST_FILES
@@ -27,6 +29,8 @@ ALL_NAMES = {
     "permuted_fmnist",
     "split_mnist",
     "permuted_mnist",
+    "rotated_fmnist",
+    "rotated_mnist",
     "five_datasets",
     "split_cifar100",
     "split_caltech101",
@@ -415,3 +419,56 @@ def test_mnist_reads_files_in_the_expected_folder(tmp_path):
     assert [len(y) for _, y, _ in stream_arrays(bench.test_stream)] == [6] * 5
     permuted = make_benchmark("permuted_mnist", data_root=tmp_path, download=False, n_tasks=2)
     assert [len(e.dataset) for e in permuted.train_stream] == [180, 180]
+
+
+def write_mnist_stand_in(root: Path, n_per_class: int = 20) -> np.ndarray:
+    """Random 28x28 MNIST files under ``root``; returns the training images (N, 28, 28)."""
+    rng = np.random.default_rng(1)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    train_x = rng.integers(1, 256, size=(10 * n_per_class, 28, 28))  # no blank pixel of its own
+    write_idx(raw / "train-images-idx3-ubyte", train_x)
+    write_idx(raw / "train-labels-idx1-ubyte", np.repeat(np.arange(10), n_per_class))
+    write_idx(raw / "t10k-images-idx3-ubyte", rng.integers(1, 256, size=(30, 28, 28)))
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.repeat(np.arange(10), 3))
+    return train_x
+
+
+@pytest.mark.parametrize("side", [8, 28, 9])
+@pytest.mark.parametrize("degrees", [0.0, 18.0, 45.0, 90.0, 162.0, -30.0, 257.5])
+def test_rotation_map_is_torchvision_rotate(side, degrees):
+    image = torch.randint(1, 256, (1, side, side), dtype=torch.uint8)
+    expected = TF.rotate(image, degrees)  # nearest neighbour, fill 0: Avalanche's RotatedMNIST
+    padded = torch.cat((image.flatten(), torch.zeros(1, dtype=torch.uint8)))
+    assert torch.equal(padded[rotation_map(side, degrees)], expected.flatten())
+
+
+def test_rotated_mnist_turns_task_t_by_18_t_degrees_and_keeps_the_labels(tmp_path):
+    write_mnist_stand_in(tmp_path)
+    bench = make_benchmark("rotated_mnist", data_root=tmp_path, download=False, n_tasks=4)
+    train = stream_arrays(bench.train_stream)
+    upright, labels, _ = train[0]
+    assert upright.min() > 0  # task 0 as stored: no blank corner
+    for task, (x, y, t) in enumerate(train):
+        assert torch.equal(y, labels) and torch.all(t == task)
+        turned = TF.rotate(upright.view(-1, 1, 28, 28), 18.0 * task)
+        assert torch.equal(x, turned.view(-1, 784))
+        assert (x == 0).any(dim=1).all() == (task > 0)
+    test = stream_arrays(bench.test_stream)
+    assert torch.equal(test[3][0], TF.rotate(test[0][0].view(-1, 1, 28, 28), 54.0).view(-1, 784))
+
+
+def test_rotated_benchmarks_refuse_what_they_do_not_have(tmp_path):
+    with pytest.raises(ValueError, match="permute_first"):
+        make_benchmark("rotated_mnist", data_root=tmp_path, download=False, permute_first=True)
+    with pytest.raises(ValueError, match="n_tasks"):
+        benchmark_info("rotated_fmnist", n_tasks=11)  # 18 degrees apart: at most ten tasks
+
+
+def test_a_pixel_map_outside_the_image_is_refused():
+    images = torch.zeros(3, 4, dtype=torch.uint8)
+    rows, targets = torch.arange(3), torch.zeros(3, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"pixel indices 0 \.\. 4 \(4: blank\)"):
+        tensor_data.FlatImageDataset(images, targets, rows, scale=1.0, permutation=torch.tensor([0, 1, 2, 5]))
+    with pytest.raises(ValueError, match="pixel indices"):
+        tensor_data.FlatImageDataset(images, targets, rows, scale=1.0, permutation=torch.tensor([-1, 1, 2, 3]))
