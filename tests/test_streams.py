@@ -470,5 +470,6 @@ def test_a_pixel_map_outside_the_image_is_refused():
     rows, targets = torch.arange(3), torch.zeros(3, dtype=torch.int64)
     with pytest.raises(ValueError, match=r"pixel indices 0 \.\. 4 \(4: blank\)"):
         tensor_data.FlatImageDataset(images, targets, rows, scale=1.0, permutation=torch.tensor([0, 1, 2, 5]))
+    negative = torch.tensor([-1, 1, 2, 3])
     with pytest.raises(ValueError, match="pixel indices"):
-        tensor_data.FlatImageDataset(images, targets, rows, scale=1.0, permutation=torch.tensor([-1, 1, 2, 3]))
+        tensor_data.FlatImageDataset(images, targets, rows, scale=1.0, permutation=negative)
