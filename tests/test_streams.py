@@ -397,18 +397,23 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
+def write_mnist_files(root: Path, train_x, train_y, test_x, test_y) -> None:
+    """The four MNIST files, in IDX format, under ``root/MNIST/raw``."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    write_idx(raw / "train-images-idx3-ubyte", train_x)
+    write_idx(raw / "train-labels-idx1-ubyte", train_y)
+    write_idx(raw / "t10k-images-idx3-ubyte", test_x)
+    write_idx(raw / "t10k-labels-idx1-ubyte", test_y)
+
+
 def test_mnist_reads_files_in_the_expected_folder(tmp_path):
     rng = np.random.default_rng(0)
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
     train_y = np.repeat(np.arange(10), 20)  # 200 training images, 20 per class
     test_y = np.repeat(np.arange(10), 3)
     train_x = rng.integers(0, 256, size=(200, 28, 28))
     train_x[:, 0, 0] = train_y * 20  # a pixel that names the class, to check the labels
-    write_idx(raw / "train-images-idx3-ubyte", train_x)
-    write_idx(raw / "train-labels-idx1-ubyte", train_y)
-    write_idx(raw / "t10k-images-idx3-ubyte", rng.integers(0, 256, size=(30, 28, 28)))
-    write_idx(raw / "t10k-labels-idx1-ubyte", test_y)
+    write_mnist_files(tmp_path, train_x, train_y, rng.integers(0, 256, size=(30, 28, 28)), test_y)
 
     bench = make_benchmark("split_mnist", data_root=tmp_path, download=False)
     train = stream_arrays(bench.train_stream)
@@ -421,19 +426,6 @@ def test_mnist_reads_files_in_the_expected_folder(tmp_path):
     assert [len(e.dataset) for e in permuted.train_stream] == [180, 180]
 
 
-def write_mnist_stand_in(root: Path, n_per_class: int = 20) -> np.ndarray:
-    """Random 28x28 MNIST files under ``root``; returns the training images (N, 28, 28)."""
-    rng = np.random.default_rng(1)
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    train_x = rng.integers(1, 256, size=(10 * n_per_class, 28, 28))  # no blank pixel of its own
-    write_idx(raw / "train-images-idx3-ubyte", train_x)
-    write_idx(raw / "train-labels-idx1-ubyte", np.repeat(np.arange(10), n_per_class))
-    write_idx(raw / "t10k-images-idx3-ubyte", rng.integers(1, 256, size=(30, 28, 28)))
-    write_idx(raw / "t10k-labels-idx1-ubyte", np.repeat(np.arange(10), 3))
-    return train_x
-
-
 @pytest.mark.parametrize("side", [8, 28, 9])
 @pytest.mark.parametrize("degrees", [0.0, 18.0, 45.0, 90.0, 162.0, -30.0, 257.5])
 def test_rotation_map_is_torchvision_rotate(side, degrees):
@@ -444,7 +436,9 @@ def test_rotation_map_is_torchvision_rotate(side, degrees):
 
 
 def test_rotated_mnist_turns_task_t_by_18_t_degrees_and_keeps_the_labels(tmp_path):
-    write_mnist_stand_in(tmp_path)
+    rng = np.random.default_rng(1)  # pixels 1..255: no blank pixel of their own
+    train_x, test_x = rng.integers(1, 256, size=(200, 28, 28)), rng.integers(1, 256, size=(30, 28, 28))
+    write_mnist_files(tmp_path, train_x, np.repeat(np.arange(10), 20), test_x, np.repeat(np.arange(10), 3))
     bench = make_benchmark("rotated_mnist", data_root=tmp_path, download=False, n_tasks=4)
     train = stream_arrays(bench.train_stream)
     upright, labels, _ = train[0]
