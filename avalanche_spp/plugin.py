@@ -95,8 +95,8 @@ class SPPPlugin(SupervisedPlugin, supports_distributed=True):
                 the stiffness of a weight far more important than average: such a weight is pulled
                 back to ``W*`` like an L2 term ``lam * (W - W*)**2``, a weight of average importance
                 gets half that, an unimportant one nearly none. 10 lost least against each stream's
-                best over the MLP and CNN streams screened, whose best ran from 0.1 to 10 on permuted
-                data, 1 to 300 on split data and 10 to 300 on rotated data (docs/method.md, 4).
+                best over the MLP and CNN streams screened, whose best ran from 0.1 to 30 on permuted
+                data, 0.3 to 300 on split and 10 to 300 on rotated data (``benchmarks.strength_by_kind``).
             scale: how the accumulated importance weighs the penalty. ``"saturate"`` (default):
                 ``M = Omega / (Omega + m)``, ``m`` the mean accumulated ``Omega`` over every
                 penalised scalar: a soft pruning mask in ``[0, 1)`` with the paper's ranking but

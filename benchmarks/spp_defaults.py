@@ -186,6 +186,8 @@ FORMS: dict[str, dict[str, Any]] = {
     "sat_batch_so_bf_wa": {**_SO_BF_FORM, "spp_anchor": "weighted"},
     # and with past importance halved before each new one is added (MAS's alpha = 0.5 weighting)
     "sat_batch_so_bf_d05": {**_SO_BF_FORM, "spp_decay": 0.5},
+    # each experience's Omega divided by its own mean before it is summed (session 21)
+    "sat_batch_so_bf_nm": {**_SO_BF_FORM, "spp_normalize": "experience_mean"},
     # importance from a subset of each experience
     "sat_batch_ent_bf_2k": {
         "spp_scale": "saturate", "spp_clamp": "batch", "spp_taylor_of": "entropy", "spp_fisher": "batch",

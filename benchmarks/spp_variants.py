@@ -8,7 +8,9 @@ in docs/results/spp_defaults):
 - ``normalize``: each experience's importance rescaled per tensor before it is accumulated:
   ``"max"`` divides by the tensor's maximum, ``"softmax"`` is the authors' sharpening
   ``exp(beta * Omega / m) / sum exp(beta * Omega / m)``, ``m`` the tensor's mean ``Omega``, so
-  ``beta`` sets the sharpness whatever the units of ``Omega``.
+  ``beta`` sets the sharpness whatever the units of ``Omega``. ``"experience_mean"`` divides every
+  tensor by the experience's mean ``Omega`` over all its scalars, so each experience adds the same
+  total importance to the sum whatever its own scale (session 21).
 - ``curvature_cap``: not in the paper. Plain SGD (learning rate ``eta``, momentum ``mu``) diverges
   on the penalty once ``eta * 2 lam Omega_k > 2 (1 + mu)`` for a weight the new task moves; with a
   cap ``c`` in (0, 1] each weight's penalty curvature is clipped, ``lam * Omega_k <= c (1 + mu) /
@@ -80,7 +82,7 @@ from avalanche_spp.penalty import mean_importance, scaled_importance
 from avalanche_spp.plugin import SPPPlugin, sgd_strength_limit
 from benchmarks.analysis_measures import eval_mode
 
-NORMALIZATIONS = (None, "max", "softmax")
+NORMALIZATIONS = (None, "max", "softmax", "experience_mean")
 MASK_MEANS = ("all", "tensor", "experience", "median", "reached")
 ANCHORS = ("last", "weighted")
 STIFFNESSES = ("unit", "curvature")
@@ -230,8 +232,12 @@ class SPPVariantPlugin(SPPPlugin):
         )
 
     def update(self, model: nn.Module, omega: dict[str, Tensor]) -> None:
-        """Normalise this experience's importance per tensor, then fold it in as the library does."""
-        omega = {n: normalize_importance(v, self.normalize, self.beta) for n, v in omega.items()}
+        """Normalise this experience's importance, then fold it in as the library does."""
+        if self.normalize == "experience_mean":
+            mean = mean_importance(omega.values())
+            omega = {n: v / mean for n, v in omega.items()} if mean > 0 else omega
+        else:
+            omega = {n: normalize_importance(v, self.normalize, self.beta) for n, v in omega.items()}
         if self.decay != 1.0:
             self.omega = {n: self.decay * v for n, v in self.omega.items()}
         old_omega, old_anchor = dict(self.omega), dict(self.anchor)
@@ -329,6 +335,11 @@ def normalize_importance(omega: Tensor, normalize: str | None, beta: float) -> T
     """One experience's importance rescaled per tensor (``None``: unchanged; see the module docstring)."""
     if normalize is None:
         return omega
+    if normalize == "experience_mean":
+        raise ValueError(
+            '"experience_mean" divides by the mean over every tensor of an experience, not one '
+            "tensor's: SPPVariantPlugin.update applies it"
+        )
     if normalize == "max":
         peak = omega.max()
         return omega / peak if peak > 0 else omega

@@ -339,6 +339,29 @@ def test_the_per_experience_mask_divides_the_mean_by_the_experiences_folded_in_b
     torch.testing.assert_close(restored._training_terms(model)[2][0], masks[0])
 
 
+def test_the_experience_mean_normalisation_gives_each_experience_the_same_total_by_hand():
+    model = nn.Linear(2, 1)
+    plugin = SPPVariantPlugin(lam=1.0, normalize="experience_mean")
+    first = {"weight": torch.tensor([[3.0, 0.0]]), "bias": torch.tensor([1.0])}  # mean 4 / 3
+    second = {"weight": torch.tensor([[0.0, 50.0]]), "bias": torch.tensor([10.0])}  # mean 20
+    plugin.update(model, first)
+    torch.testing.assert_close(plugin.omega["weight"], torch.tensor([[2.25, 0.0]]))  # 3 / (4 / 3)
+    plugin.update(model, second)
+    torch.testing.assert_close(plugin.omega["weight"], torch.tensor([[2.25, 2.5]]))  # + [0, 50 / 20]
+    torch.testing.assert_close(plugin.omega["bias"], torch.tensor([0.75 + 0.5]))
+    # the library sums Omega as measured: the second experience's scale dominates
+    library = SPPPlugin(lam=1.0)
+    library.update(model, first)
+    library.update(model, second)
+    torch.testing.assert_close(library.omega["weight"], torch.tensor([[3.0, 50.0]]))
+    # an experience with no importance at all is folded in as it is (no division by zero)
+    plugin.update(model, {"weight": torch.zeros(1, 2), "bias": torch.zeros(1)})
+    torch.testing.assert_close(plugin.omega["weight"], torch.tensor([[2.25, 2.5]]))
+    # it is a normalisation over the whole experience, not per tensor
+    with pytest.raises(ValueError, match="over every tensor of an experience"):
+        normalize_importance(torch.ones(2), "experience_mean", 1.0)
+
+
 def test_mask_means_by_hand_and_a_missing_file_says_what_to_run(tmp_path, capsys):
     from benchmarks.mask_means import main, mask_means
 

@@ -92,6 +92,7 @@ def test_best_strength_shortfall_and_criteria_are_read_from_the_runs(tmp_path):
     rows = {r["stream"]: r for r in summary["streams"]}
     assert rows[s]["best_lam"] == 100 and rows[s]["best_acc"] == pytest.approx(98.7)
     assert rows[s]["shortfall"] == pytest.approx(0.7) and rows[s]["validation_naive_acc"] == 88.0
+    assert summary["largest_spread_between_copies"] == pytest.approx(0.2)
     assert rows[s]["validation_strengths"] == [1.0, 10.0, 100.0] and rows[s]["state_kept"]
     assert rows[p]["best_lam"] == 0.3 and rows[p]["shortfall"] == pytest.approx(11.5)
     kinds = {k["kind"]: k for k in summary["kinds"]}
